@@ -1,0 +1,1 @@
+"""Shared foundations of fleetdeck: configuration, the sample type and the time-series store."""
