@@ -1,0 +1,1 @@
+"""The `fleetdeck` command line: a thin layer over actions/ and collectors/."""

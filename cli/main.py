@@ -1,0 +1,59 @@
+"""Router of the `fleetdeck` CLI.
+
+Each verb group lives in its own module exposing `register(subparsers)`; a verb's handler takes the parsed
+arguments and returns the process exit code. Configuration errors print the message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from core.config import ConfigError
+
+# Verb modules, imported lazily so `fleetdeck --help` stays fast and one broken area cannot hide the others.
+VERB_MODULES = (
+    "cli.fleet_verbs",  # up, down, status
+    "cli.collect_verbs",  # collect
+    "cli.action_verbs",  # scale, drain, undrain, restart, hash-password
+    "cli.test_verbs",  # test load|readiness|scaling
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetdeck",
+        description="Ops control plane for a horizontally scaled web app: watch, act, test.",
+    )
+    parser.add_argument(
+        "--config",
+        help="configuration file (default: $FLEETDECK_CONFIG, else fleet.yaml at the repository root)",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:
+                continue  # that verb group is not part of this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(f"fleetdeck: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fleetdeck: interrupted", file=sys.stderr)
+        return 130
