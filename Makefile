@@ -1,0 +1,35 @@
+# fleetdeck: `make demo` runs the product on its embedded default, `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+
+.PHONY: demo test stop venv lint bench status
+
+venv: $(VENV)/.requirements-installed
+
+$(VENV)/.requirements-installed: requirements.txt
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+demo: venv
+	scripts/ensure-system-packages.sh demo
+	./fleetdeck up
+
+stop:
+	./fleetdeck down
+
+status:
+	./fleetdeck status
+
+test: venv
+	scripts/ensure-system-packages.sh test
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest
+
+lint: venv
+	$(PYTHON) -m ruff check .
+
+bench: venv
+	for bench in bench/bench_*.py; do echo "== $$bench"; PYTHONPATH=. $(PYTHON) $$bench || exit 1; done

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a fleetdeck target needs when they are missing.
+#   scripts/ensure-system-packages.sh demo   -> nginx
+#   scripts/ensure-system-packages.sh test   -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap
+# As root on Debian/Ubuntu it runs apt-get; elsewhere it names what is missing and exits non-zero.
+set -euo pipefail
+purpose="${1:-demo}"
+
+# package name -> a file that proves it is installed
+declare -A proof=(
+  [nginx-light]=/usr/sbin/nginx
+  [chromium]=/usr/bin/chromium
+  [wrk]=/usr/bin/wrk
+  [docker.io]=/usr/sbin/dockerd
+  [docker-compose]=/usr/bin/docker-compose
+  [debootstrap]=/usr/sbin/debootstrap
+)
+case "$purpose" in
+  demo) wanted=(nginx-light) ;;
+  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap) ;;
+  *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${wanted[@]}"; do
+  [ -e "${proof[$package]}" ] || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "fleetdeck needs these system packages for '$purpose': ${missing[*]}" >&2
+  echo "Install them with your package manager (on Debian: sudo apt-get install ${missing[*]}) and run again." >&2
+  exit 1
+fi
+
+echo "Installing system packages for '$purpose': ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts the system nginx on port 80 after installing it; fleetdeck runs its own master instead.
+if [ -e /run/nginx.pid ] && [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+  /usr/sbin/nginx -s quit 2>/dev/null || true
+fi
