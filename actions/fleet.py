@@ -1,0 +1,333 @@
+"""`fleetdeck up/down/status`: bring the whole demo fleet up, take it down, and say what runs.
+
+`up` is idempotent: live replicas recorded in the store are adopted, only the missing ones are started, nginx is
+re-applied only when its upstream would change, and a running dashboard is left alone. `down` stops everything
+it started by PID (dashboard, replicas, nginx) and removes the pid files. Nothing here prints: progress goes to
+the `progress` callback (the CLI prints it) and to logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypedDict
+
+import psycopg
+from psycopg import conninfo
+
+from actions.base import (
+    DRAINING,
+    LIVE_STATES,
+    RUNNING,
+    UP,
+    FleetError,
+    Replica,
+    ReplicaUnhealthy,
+    UpstreamServer,
+)
+from actions.local import (
+    VENV_PYTHON,
+    LocalOrchestrator,
+    http_get,
+    port_is_free,
+    process_matches,
+    tail,
+    terminate,
+)
+from actions.nginx import ManagedNginx, loopback_url, split_listen
+from core.config import REPO_ROOT, FleetConfig, ServiceConfig, config_path
+from core.store import Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
+DASHBOARD_BOOT_TIMEOUT_S = 60.0
+
+
+class FleetStatus(TypedDict):
+    """What runs, as plain JSON-able data (the CLI prints it with --json, the dashboard shows it)."""
+
+    ts: float
+    services: dict[str, dict[str, Any]]
+    nginx: dict[str, Any]
+    dashboard: dict[str, Any]
+
+
+def open_store(config: FleetConfig) -> Store:
+    url = config.store_url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return Store(url)
+
+
+# --- Postgres ----------------------------------------------------------------------------------------------
+
+
+def ensure_database(dsn: str) -> bool:
+    """Create the database `dsn` names when the server says it does not exist; True when it was created.
+
+    The demo's DATABASE_URL points at a database nobody made yet; creating it through the server's `postgres`
+    database saves a manual step. Any other connection problem is left for the app to report.
+    """
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        return False
+    try:
+        with psycopg.connect(dsn, connect_timeout=5):
+            return False
+    except psycopg.OperationalError as error:
+        name = conninfo.conninfo_to_dict(dsn).get("dbname")
+        if not name or f'database "{name}" does not exist' not in str(error):
+            log.warning("cannot check database %s: %s", name, error)
+            return False
+    admin = conninfo.make_conninfo(dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        try:
+            conn.execute(f'CREATE DATABASE "{str(name).replace(chr(34), "")}"')
+        except psycopg.errors.DuplicateDatabase:
+            return False  # created concurrently by someone else: fine
+    log.info("created database %s", name)
+    return True
+
+
+# --- dashboard ---------------------------------------------------------------------------------------------
+
+
+class Dashboard:
+    """The Streamlit dashboard as a background process with a PID file under the state directory."""
+
+    def __init__(self, config: FleetConfig, app: Path | None = None, config_file: Path | None = None) -> None:
+        self.config = config
+        self.app = app or DASHBOARD_APP
+        self.config_file = config_file or config_path()
+        self.pid_path = config.state_path / "dashboard.pid"
+        self.log_path = config.state_path / "logs" / "dashboard.log"
+        self.url = f"http://{config.dashboard.host}:{config.dashboard.port}"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        # our streamlit on our port, not whatever process inherited the pid
+        return pid if process_matches(pid, "streamlit", str(self.config.dashboard.port)) else None
+
+    def healthy(self) -> bool:
+        status, _ = http_get(f"{self.url}/_stcore/health", 1.0)
+        return status == 200
+
+    def start(self, timeout_s: float = DASHBOARD_BOOT_TIMEOUT_S) -> int:
+        pid = self.pid()
+        if pid:
+            return pid
+        if not port_is_free(self.config.dashboard.host, self.config.dashboard.port):
+            raise FleetError(
+                f"dashboard port {self.config.dashboard.host}:{self.config.dashboard.port} is in use by another"
+                " program; stop it or change dashboard.port"
+            )
+        argv = [
+            str(VENV_PYTHON), "-m", "streamlit", "run", str(self.app),
+            "--server.port", str(self.config.dashboard.port),
+            "--server.address", self.config.dashboard.host,
+            "--server.headless", "true",
+            "--browser.gatherUsageStats", "false",
+        ]
+        env = {**os.environ, "FLEETDECK_CONFIG": str(self.config_file), "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as handle:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                cwd=str(REPO_ROOT), start_new_session=True,
+            )
+        self.pid_path.write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self.pid_path.unlink(missing_ok=True)
+                raise FleetError(f"the dashboard exited with code {process.returncode}:\n{tail(self.log_path)}")
+            if self.healthy():
+                log.info("dashboard pid %s answers on %s", process.pid, self.url)
+                return process.pid
+            time.sleep(0.25)
+        self.stop()
+        raise FleetError(f"the dashboard did not answer within {timeout_s:.0f}s:\n{tail(self.log_path)}")
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid:
+            terminate(pid, 10.0)
+        self.pid_path.unlink(missing_ok=True)
+        return pid is not None
+
+    def status(self) -> dict[str, Any]:
+        pid = self.pid()
+        return {"running": pid is not None, "pid": pid, "url": self.url, "healthy": bool(pid) and self.healthy()}
+
+
+# --- up / down / status ------------------------------------------------------------------------------------
+
+
+def _local_services(config: FleetConfig) -> list[ServiceConfig]:
+    others = [s.name for s in config.services if s.backend != "local"]
+    if others:
+        log.info("fleet up/down manage local services only; skipping %s", ", ".join(others))
+    return [s for s in config.services if s.backend == "local"]
+
+
+def _start_replicas(orchestrator: LocalOrchestrator, service: ServiceConfig, say: Progress) -> list[Replica]:
+    live = orchestrator.live(service)
+    missing = max(0, service.replicas - len(live))
+    say(f"{service.name}: {len(live)} replica(s) running, starting {missing}")
+    started = [orchestrator.start(service) for _ in range(missing)]
+    for replica in started:
+        say(f"  {replica.instance_id}: pid {replica.pid} on {replica.address}")
+    # Adopted replicas still marked `starting` (a previous `up` was interrupted) are waited for as well.
+    waiting = started + [r for r in live if r.state == "starting"]
+    for position, replica in enumerate(waiting):
+        try:
+            orchestrator.wait_healthy(service, replica)
+        except ReplicaUnhealthy as error:
+            # Stop it and every replica not verified yet: a failed `up` leaves only healthy replicas behind
+            # (a second `up` adopts those), never half-started ones.
+            for unverified in waiting[position:]:
+                orchestrator.stop(service, unverified.instance_id, grace_s=2.0)
+            raise FleetError(
+                f"{error}; it was stopped. Last lines of {orchestrator.log_path(replica.instance_id)}:\n"
+                f"{error.log_tail or '(empty log)'}"
+            ) from None
+        say(f"  {replica.instance_id}: healthy")
+    return orchestrator.live(service)
+
+
+def desired_upstream(nginx: ManagedNginx, replicas: list[Replica]) -> list[UpstreamServer]:
+    """Live replicas as upstream servers; a server already drained in nginx stays drained."""
+    drained = {s.address: s.state for s in nginx.current() if s.state != UP}
+    servers: list[UpstreamServer] = []
+    for replica in replicas:
+        state = DRAINING if replica.state == DRAINING else drained.get(replica.address, UP)
+        servers.append(UpstreamServer(replica.address, state, replica.instance_id))
+    return servers
+
+
+def up(
+    config: FleetConfig,
+    *,
+    config_file: Path | None = None,
+    dashboard: bool = True,
+    dashboard_app: Path | None = None,
+    progress: Progress | None = None,
+) -> FleetStatus:
+    say: Progress = progress or log.info
+    store = open_store(config)
+    orchestrator = LocalOrchestrator(config, store)
+    nginx = ManagedNginx(config, store) if config.load_balancer else None
+
+    if nginx and not nginx.external and not nginx.is_running():
+        host, port = split_listen(nginx.lb.listen)
+        if not port_is_free(host, port):
+            raise FleetError(
+                f"load_balancer.listen {nginx.lb.listen} is in use by another program; stop it or change the port"
+            )
+
+    app = dashboard_app or DASHBOARD_APP
+    board = Dashboard(config, app, config_file)
+    host, port = config.dashboard.host, config.dashboard.port
+    if dashboard and app.exists() and board.pid() is None and not port_is_free(host, port):
+        # checked before anything starts, so a busy port fails fast instead of after every replica booted
+        raise FleetError(f"dashboard port {host}:{port} is in use by another program; stop it or change dashboard.port")
+
+    for service in _local_services(config):
+        dsn = service.env.get("DATABASE_URL")
+        if dsn and ensure_database(dsn):
+            say(f"created database {conninfo.conninfo_to_dict(dsn).get('dbname')}")
+        _start_replicas(orchestrator, service, say)
+
+    if nginx:
+        replicas = [r for r in orchestrator.list(config.service(nginx.lb.service)) if r.state in LIVE_STATES]
+        servers = desired_upstream(nginx, replicas)
+        unchanged = nginx.current() == servers and (
+            nginx.external or (nginx.is_running() and nginx.served_generation() == nginx.generation())
+        )
+        if unchanged:
+            say(f"nginx: generation {nginx.generation()} already serves {len(servers)} server(s)")
+        else:
+            result = nginx.apply(servers)
+            if not result.ok:
+                raise FleetError(f"nginx: {result.detail}")
+            say(f"nginx: {result.detail}")
+
+    if dashboard and app.exists():
+        already = board.pid()
+        pid = board.start()
+        say(f"dashboard: {'already running' if already else 'started'}, pid {pid}")
+    elif dashboard:
+        say(f"dashboard: {app} does not exist yet; not started")
+
+    store.add_event("fleet.up", "fleet", "fleet is up", {})
+    return status(config, store=store, dashboard_app=app)
+
+
+def down(config: FleetConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Stop the dashboard, every recorded replica (gracefully) and nginx, all by PID."""
+    say: Progress = progress or log.info
+    store = open_store(config)
+    summary: dict[str, Any] = {"dashboard": False, "replicas": [], "nginx": False}
+    summary["dashboard"] = Dashboard(config).stop()
+    say(f"dashboard: {'stopped' if summary['dashboard'] else 'was not running'}")
+    orchestrator = LocalOrchestrator(config, store)
+    for service in _local_services(config):
+        for replica in orchestrator.list(service):
+            orchestrator.stop(service, replica.instance_id)
+            summary["replicas"].append(replica.instance_id)
+            say(f"{service.name}: stopped {replica.instance_id} ({replica.state})")
+    if config.load_balancer and config.load_balancer.mode == "managed":
+        summary["nginx"] = ManagedNginx(config, store).stop()
+        say(f"nginx: {'stopped' if summary['nginx'] else 'was not running'}")
+    store.add_event("fleet.down", "fleet", "fleet is down", summary)
+    return summary
+
+
+def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Path | None = None) -> FleetStatus:
+    store = store or open_store(config)
+    orchestrator = LocalOrchestrator(config, store)
+    services: dict[str, dict[str, Any]] = {}
+    for service in config.services:
+        entry: dict[str, Any] = {"backend": service.backend, "desired": service.replicas, "replicas": []}
+        if service.backend == "local":
+            for replica in orchestrator.list(service):
+                health = orchestrator.probe(service, replica) if replica.state in LIVE_STATES else "down"
+                entry["replicas"].append({
+                    "instance_id": replica.instance_id,
+                    "address": replica.address,
+                    "pid": replica.pid,
+                    "state": replica.state,
+                    "health": health,
+                    "started_at": replica.started_at,
+                })
+        else:
+            entry["note"] = f"backend '{service.backend}' is listed by its own module"
+        entry["running"] = sum(1 for r in entry["replicas"] if r["state"] in (RUNNING, DRAINING))
+        services[service.name] = entry
+
+    nginx_status: dict[str, Any] = {"configured": config.load_balancer is not None}
+    if config.load_balancer:
+        nginx = ManagedNginx(config, store)
+        pid = nginx.master_pid()
+        nginx_status.update({
+            "mode": nginx.lb.mode,
+            "listen": nginx.lb.listen,
+            "url": loopback_url(nginx.lb.listen, ""),
+            "running": pid is not None if not nginx.external else None,
+            "pid": pid,
+            "generation": nginx.generation(),
+            "served_generation": nginx.served_generation() if pid else None,
+            "servers": [s._asdict() for s in nginx.current()],
+        })
+    board = Dashboard(config, dashboard_app)
+    return FleetStatus(ts=time.time(), services=services, nginx=nginx_status, dashboard=board.status())
+

@@ -1,0 +1,382 @@
+"""The local orchestrator: replicas are OS processes on loopback ports, recorded in the store.
+
+A replica is started from the service's command template in its own session (so a stop signals its whole
+process group), logs to `<state_dir>/logs/<instance_id>.log` and is recorded in the store's replica table.
+Because the store outlives fleetdeck, a later fleetdeck process re-adopts the replicas: a recorded pid counts
+only while it is alive *and* its /proc cmdline still names the replica's port and instance id, so a pid the
+kernel recycled for another program is never adopted (or signalled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from actions.base import (
+    DEAD,
+    LIVE_STATES,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    BackendError,
+    Refused,
+    Replica,
+    ReplicaUnhealthy,
+)
+from core.config import REPO_ROOT, FleetConfig, ServiceConfig
+from core.store import ReplicaRecord, Store
+
+log = logging.getLogger(__name__)
+
+BACKEND = "local"
+# The project's interpreter: replicas run with the venv's packages even when fleetdeck runs from elsewhere.
+VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+
+
+# --- process helpers (also used by nginx.py and fleet.py) -------------------------------------------------
+
+
+def proc_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process, None when it is gone. A zombie has an empty cmdline and counts as gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not raw:
+        return None
+    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the process is our child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    _reap(pid)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError, OSError):
+        return False
+    return state not in ("Z", "X")
+
+
+def process_matches(pid: int | None, *needles: str) -> bool:
+    """True when `pid` is alive and every needle occurs in its command line (guards against recycled pids)."""
+    if not pid_alive(pid):
+        return False
+    assert pid is not None
+    argv = proc_cmdline(pid)
+    if argv is None:
+        return False
+    joined = " ".join(argv)
+    return all(needle in joined for needle in needles)
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def terminate(pid: int, grace_s: float, group: bool = True, first_signal: signal.Signals = signal.SIGTERM) -> str:
+    """Send `first_signal` (to the process group when `group`), wait `grace_s`, then SIGKILL.
+
+    Returns "gone" (already dead), "graceful" or "killed". The caller must have checked the pid's identity.
+    """
+    if not pid_alive(pid):
+        return "gone"
+
+    def send(sig: signal.Signals) -> None:
+        try:
+            if group:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as error:
+            raise BackendError(f"not allowed to signal pid {pid}: {error}") from None
+
+    send(first_signal)
+    if wait_gone(pid, grace_s):
+        return "graceful"
+    log.warning("pid %s ignored %s for %.1fs; sending SIGKILL", pid, first_signal.name, grace_s)
+    send(signal.SIGKILL)
+    if not wait_gone(pid, 5.0):
+        raise BackendError(f"pid {pid} survived SIGKILL")
+    return "killed"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port. SO_REUSEADDR like real servers, so TIME_WAIT leftovers don't count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 16384))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def http_get(url: str, timeout_s: float) -> tuple[int, bytes]:
+    """(status, body); status 0 means no HTTP answer at all (refused, timeout)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read() if error.fp else b""
+    except (OSError, ValueError):
+        return 0, b""
+
+
+# --- the orchestrator --------------------------------------------------------------------------------------
+
+
+class LocalOrchestrator:
+    """Runs a service's replicas as local processes; the store is the source of truth across restarts."""
+
+    def __init__(self, config: FleetConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.log_dir = config.state_path / "logs"
+        # Popen handles of replicas this process started: kept so their exit status can be reaped.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- naming and rendering
+
+    @staticmethod
+    def instance_id(service: ServiceConfig, number: int) -> str:
+        return f"{service.name}-{number}"
+
+    @staticmethod
+    def _instance_number(service: ServiceConfig, instance_id: str) -> int | None:
+        stem, _, number = instance_id.rpartition("-")
+        return int(number) if stem == service.name and number.isdigit() else None
+
+    def render_command(self, service: ServiceConfig, port: int, instance_id: str) -> list[str]:
+        if not service.command:
+            raise BackendError(f"service '{service.name}' has no command for the local backend")
+        python = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
+        text = service.command.format(port=port, instance_id=instance_id, python=python, root=str(REPO_ROOT))
+        return shlex.split(text)
+
+    def log_path(self, instance_id: str) -> Path:
+        return self.log_dir / f"{instance_id}.log"
+
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        return tail(self.log_path(instance_id), lines)
+
+    # -- identity
+
+    def _is_ours(self, service: ServiceConfig, record: ReplicaRecord) -> bool:
+        """The recorded pid is alive and still runs this replica (port and, when templated, instance id)."""
+        needles = [str(record.port)]
+        if service.command and "{instance_id}" in service.command:
+            needles.append(record.instance_id)
+        return process_matches(record.pid, *needles)
+
+    @staticmethod
+    def _to_replica(record: ReplicaRecord, state: str | None = None) -> Replica:
+        return Replica(
+            service=record.service,
+            instance_id=record.instance_id,
+            host=record.host,
+            port=record.port,
+            pid=record.pid,
+            state=state or record.state,
+            started_at=record.started_at,
+            ref=record.ref,
+        )
+
+    # -- Orchestrator protocol
+
+    def list(self, service: ServiceConfig) -> list[Replica]:
+        """Every recorded replica; those whose process is gone (or was replaced) are reported dead."""
+        replicas: list[Replica] = []
+        for record in self.store.replicas(service.name):
+            if record.backend != BACKEND:
+                continue
+            if record.state in LIVE_STATES and not self._is_ours(service, record):
+                log.warning("replica %s (pid %s) is gone; marking it dead", record.instance_id, record.pid)
+                record = record._replace(state=DEAD)
+                self.store.upsert_replica(record)
+                self.store.add_event(
+                    "replica.dead", f"{service.name}/{record.instance_id}", "process is gone",
+                    {"pid": record.pid, "port": record.port},
+                )
+            replicas.append(self._to_replica(record))
+        return sorted(replicas, key=lambda r: (self._instance_number(service, r.instance_id) or 0, r.instance_id))
+
+    def live(self, service: ServiceConfig) -> list[Replica]:
+        return [r for r in self.list(service) if r.state in LIVE_STATES]
+
+    def _taken_ports(self) -> set[int]:
+        """Ports of live replicas of every local service, so two services sharing a range never collide."""
+        taken: set[int] = set()
+        for svc in self.config.services:
+            if svc.backend == BACKEND:
+                taken.update(r.port for r in self.live(svc))
+        return taken
+
+    def start(self, service: ServiceConfig) -> Replica:
+        current = self.list(service)
+        live = [r for r in current if r.state in LIVE_STATES]
+        if len(live) >= service.max_replicas:
+            raise Refused(
+                f"service '{service.name}' already runs {len(live)} replicas (max_replicas {service.max_replicas})"
+            )
+        live_numbers = {self._instance_number(service, r.instance_id) for r in live}
+        number = next(n for n in range(1, service.max_replicas + len(live_numbers) + 2) if n not in live_numbers)
+        instance_id = self.instance_id(service, number)
+        taken = self._taken_ports()
+        port = next((p for p in service.ports.ports() if p not in taken and port_is_free(service.host, p)), None)
+        if port is None:
+            raise Refused(
+                f"no free port for '{service.name}' in {service.ports.start}-{service.ports.end}"
+                " (all used by replicas or other programs)"
+            )
+        argv = self.render_command(service, port, instance_id)
+        # SERVICE_NAME lets the app report its service in /health; the config's env wins when it sets it.
+        env = {**os.environ, "SERVICE_NAME": service.name, **service.env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path(instance_id)
+        with log_file.open("ab") as handle:
+            handle.write(f"\n=== fleetdeck start {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())
+            handle.flush()
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=str(REPO_ROOT),
+                    start_new_session=True,  # own process group: stop() signals the whole tree
+                    close_fds=True,
+                )
+            except OSError as error:
+                raise BackendError(f"cannot start {instance_id}: {argv[0]}: {error.strerror}") from None
+        self._children[process.pid] = process
+        started_at = time.time()
+        record = ReplicaRecord(
+            service=service.name,
+            instance_id=instance_id,
+            backend=BACKEND,
+            host=service.host,
+            port=port,
+            pid=process.pid,
+            state=STARTING,
+            started_at=started_at,
+            ref=str(process.pid),
+        )
+        self.store.upsert_replica(record)
+        self.store.add_event(
+            "replica.start", f"{service.name}/{instance_id}", f"started pid {process.pid} on port {port}",
+            {"pid": process.pid, "port": port, "command": argv},
+        )
+        log.info("started %s pid %s on %s:%s", instance_id, process.pid, service.host, port)
+        return self._to_replica(record)
+
+    def stop(self, service: ServiceConfig, instance_id: str, grace_s: float | None = None) -> Replica:
+        record = next((r for r in self.store.replicas(service.name) if r.instance_id == instance_id), None)
+        if record is None or record.backend != BACKEND:
+            raise Refused(f"'{instance_id}' is not a local replica of '{service.name}'")
+        grace = service.stop_grace_s if grace_s is None else grace_s
+        outcome = "gone"
+        # Only signal a pid that is still provably ours: a recycled pid belongs to someone else.
+        if record.pid and self._is_ours(service, record):
+            outcome = terminate(record.pid, grace)
+            child = self._children.pop(record.pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=1)
+        self.store.remove_replica(service.name, instance_id)
+        self.store.add_event(
+            "replica.stop", f"{service.name}/{instance_id}", f"stopped ({outcome})",
+            {"pid": record.pid, "port": record.port, "grace_s": grace, "outcome": outcome},
+        )
+        log.info("stopped %s pid %s (%s)", instance_id, record.pid, outcome)
+        return self._to_replica(record, STOPPED)
+
+    # -- health
+
+    def mark(self, service: ServiceConfig, instance_id: str, state: str) -> None:
+        for record in self.store.replicas(service.name):
+            if record.instance_id == instance_id and record.state != state:
+                self.store.upsert_replica(record._replace(state=state))
+
+    def wait_healthy(self, service: ServiceConfig, replica: Replica, timeout_s: float | None = None) -> Replica:
+        """Poll the ready path (falling back to the health path) until 200; marks the replica running.
+
+        Raises ReplicaUnhealthy with the log tail when the process exits or the timeout passes.
+        """
+        timeout = service.boot_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        paths = [p for p in (service.health.ready, service.health.path) if p]
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not pid_alive(replica.pid):
+                raise ReplicaUnhealthy(
+                    f"{replica.instance_id} exited during start-up", replica.instance_id,
+                    self.log_tail(replica.instance_id),
+                )
+            for path in paths:
+                status, _body = http_get(f"{replica.base_url}{path}", min(2.0, service.health.timeout_s))
+                if status == 200:
+                    self.mark(service, replica.instance_id, RUNNING)
+                    return replica._replace(state=RUNNING)
+                if status == 404:
+                    continue  # the app has no such path: try the next one
+                last = f"{path} answered {status}" if status else f"{path}: no answer"
+                if status:
+                    break  # e.g. 503 from /readyz while starting: the health path would not tell more
+            time.sleep(0.2)
+        raise ReplicaUnhealthy(
+            f"{replica.instance_id} did not become healthy within {timeout:.0f}s ({last})",
+            replica.instance_id, self.log_tail(replica.instance_id),
+        )
+
+    def probe(self, service: ServiceConfig, replica: Replica, timeout_s: float = 1.0) -> str:
+        """One /health probe: pass | warn | fail | unreachable (the word the app reports, normalised)."""
+        status, body = http_get(f"{replica.base_url}{service.health.path}", timeout_s)
+        if status == 0:
+            return "unreachable"
+        word = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            word = str(json.loads(body).get("status", "")).lower()
+        if status >= 400:
+            return "warn" if word == "warn" else "fail"
+        return {"ok": "pass", "up": "pass", "pass": "pass", "warn": "warn"}.get(word, "pass" if not word else "fail")

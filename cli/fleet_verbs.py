@@ -1,0 +1,132 @@
+"""`fleetdeck up`, `fleetdeck down`, `fleetdeck status`: the whole fleet in one verb each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from actions.base import FleetdeckActionError
+from core.config import config_path, load_config
+
+
+def _progress(message: str) -> None:
+    print(message, flush=True)
+
+
+def _quiet_logging(verbose: bool) -> None:
+    # Progress is printed; logging only adds detail when asked for (and warnings always).
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from actions import fleet  # lazily: keeps `fleetdeck --help` fast
+
+    _quiet_logging(args.verbose)
+    config = load_config(args.config)
+    try:
+        state = fleet.up(
+            config, config_file=config_path(args.config), dashboard=not args.no_dashboard, progress=_progress
+        )
+    except FleetdeckActionError as error:
+        print(f"fleetdeck up: {error}", file=sys.stderr)
+        return 1
+    print()
+    if state["dashboard"]["running"]:
+        print(f"dashboard: {state['dashboard']['url']}")
+    if state["nginx"].get("configured"):
+        print(f"app:       {state['nginx']['url']}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from actions import fleet
+
+    _quiet_logging(args.verbose)
+    config = load_config(args.config)
+    try:
+        fleet.down(config, progress=_progress)
+    except FleetdeckActionError as error:
+        print(f"fleetdeck down: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _age(started_at: float) -> str:
+    seconds = max(0, int(time.time() - started_at))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _print_status(state: dict[str, Any]) -> None:
+    for name, service in state["services"].items():
+        print(f"service {name} ({service['backend']}): {service['running']}/{service['desired']} running")
+        if service.get("note"):
+            print(f"  {service['note']}")
+        for replica in service["replicas"]:
+            print(
+                f"  {replica['instance_id']:<12} {replica['address']:<21} pid {replica['pid'] or '-':<8}"
+                f" {replica['state']:<9} health {replica['health']:<12} up {_age(replica['started_at'])}"
+            )
+    nginx = state["nginx"]
+    if nginx.get("configured"):
+        running = {True: "running", False: "stopped", None: "external"}[nginx["running"]]
+        print(
+            f"nginx ({nginx['mode']}) {nginx['listen']}: {running}, pid {nginx['pid'] or '-'},"
+            f" generation {nginx['generation']} (serving {nginx['served_generation']})"
+        )
+        for server in nginx["servers"]:
+            print(f"  {server['address']:<21} {server['state']:<9} {server['instance_id']}")
+    board = state["dashboard"]
+    print(f"dashboard {board['url']}: {'running, pid ' + str(board['pid']) if board['running'] else 'stopped'}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from actions import fleet
+
+    _quiet_logging(args.verbose)
+    config = load_config(args.config)
+    try:
+        state = fleet.status(config)
+    except FleetdeckActionError as error:
+        print(f"fleetdeck status: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(state, indent=2, default=str))
+    else:
+        _print_status(dict(state))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="start the fleet: replicas, nginx and the dashboard (idempotent)",
+        description="Create the demo database if missing, start the missing replicas (live ones are adopted),"
+        " wait until they are healthy, apply nginx and start the dashboard. Running it twice duplicates nothing.",
+    )
+    up.add_argument("--no-dashboard", action="store_true", help="do not start the Streamlit dashboard")
+    up.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    up.set_defaults(handler=_up)
+
+    down = subparsers.add_parser(
+        "down",
+        help="stop the dashboard, every replica (gracefully) and nginx",
+        description="Stop everything `up` started, by PID, and remove the pid files.",
+    )
+    down.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    down.set_defaults(handler=_down)
+
+    status = subparsers.add_parser(
+        "status",
+        help="show replicas, their health, nginx and the dashboard",
+        description="Probe every replica's health endpoint and report what runs.",
+    )
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    status.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    status.set_defaults(handler=_status)
