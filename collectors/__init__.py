@@ -1,0 +1,1 @@
+"""Collectors: one module and one class per source; see collectors/base.py for the protocol."""

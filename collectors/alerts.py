@@ -1,0 +1,158 @@
+"""Alert rules evaluated on every batch of fresh samples; each evaluation writes ``alert`` samples.
+
+Target ``<rule>/<subject>``, metric ``firing`` (1 firing, 0 resolved), text = the message. A rule is evaluated
+only for the subjects the batch touched, so each collector tick re-evaluates exactly its own subjects. The
+evaluator keeps the latest value per (source, target, metric) in memory; history-based rules (backlog growing)
+keep a short window per queue, one entry per bullmq tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from collectors.base import MetricRegistry, MetricSpec
+from core.samples import Sample
+
+SOURCE = "alert"
+REGISTRY = MetricRegistry(
+    SOURCE, [MetricSpec("firing", "bool", "1 while the rule fires for the subject; text = message")]
+)
+
+
+class AlertThresholds(NamedTuple):
+    backlog_ticks: int = 5  # waiting grew on this many consecutive ticks
+    failure_ratio: float = 0.10  # failed / (completed + failed) per second
+    min_jobs_per_s: float = 0.05  # below this the ratio is noise
+    headroom_ratio: float = 0.20
+
+
+class AlertEvaluator:
+    def __init__(self, thresholds: AlertThresholds | None = None) -> None:
+        self.thresholds = thresholds or AlertThresholds()
+        self.latest: dict[tuple[str, str, str], Sample] = {}
+        self._waiting_history: dict[str, deque[float]] = defaultdict(
+            lambda: deque(maxlen=self.thresholds.backlog_ticks + 1)
+        )
+        self._evicted_previous: dict[str, float] = {}
+
+    def _value(self, source: str, target: str, metric: str) -> float | None:
+        found = self.latest.get((source, target, metric))
+        return found.value if found is not None else None
+
+    def evaluate(self, samples: Iterable[Sample]) -> list[Sample]:
+        """Record the batch, then evaluate every rule for the subjects it touched."""
+        touched: dict[str, set[str]] = defaultdict(set)
+        batch_ts = 0.0
+        for s in samples:
+            if s.source in (SOURCE, "collector"):
+                continue
+            self.latest[(s.source, s.target, s.metric)] = s
+            touched[s.source].add(s.target)
+            batch_ts = max(batch_ts, s.ts)
+            if s.source == "bullmq" and s.metric == "waiting":
+                self._waiting_history[s.target].append(s.value)
+        out: list[Sample] = []
+        for source, targets in touched.items():
+            for target in sorted(targets):
+                out.extend(self._rules(source, target, batch_ts))
+        return out
+
+    def _fire(self, rule: str, subject: str, firing: bool, message: str, ts: float) -> Sample:
+        return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=message if firing else "")
+
+    def _rules(self, source: str, target: str, ts: float) -> list[Sample]:
+        t = self.thresholds
+        value = self._value
+        out: list[Sample] = []
+        up = self.latest.get((source, target, "up"))
+        if up is not None:
+            rule = "instance_down" if source == "instance" else "target_down"
+            subject = target if source == "instance" or ":" in target else f"{source}:{target}"
+            out.append(self._fire(rule, subject, up.value == 0, f"{target} is down: {up.text or 'no answer'}", ts))
+        if source == "bullmq" and "/" in target:
+            waiting = value(source, target, "waiting") or 0
+            workers = value(source, target, "workers")
+            paused = value(source, target, "paused") or 0
+            if workers is not None:
+                out.append(
+                    self._fire(
+                        "queue_no_workers",
+                        target,
+                        waiting > 0 and workers == 0 and paused == 0,
+                        f"{target}: {waiting:.0f} waiting and no worker connected",
+                        ts,
+                    )
+                )
+            history = list(self._waiting_history.get(target, ()))
+            growing = len(history) == t.backlog_ticks + 1 and all(b > a for a, b in itertools.pairwise(history))
+            out.append(
+                self._fire(
+                    "backlog_growing",
+                    target,
+                    growing,
+                    f"{target}: waiting grew {t.backlog_ticks} ticks in a row ({history[0]:.0f} -> {history[-1]:.0f})"
+                    if growing
+                    else "",
+                    ts,
+                )
+            )
+            completed = value(source, target, "completed_per_s")
+            failed = value(source, target, "failed_per_s")
+            if completed is not None and failed is not None:
+                total = completed + failed
+                ratio = failed / total if total >= t.min_jobs_per_s else 0.0
+                out.append(
+                    self._fire(
+                        "failure_ratio",
+                        target,
+                        ratio > t.failure_ratio,
+                        f"{target}: {ratio:.0%} of jobs fail ({failed:.2f}/s)",
+                        ts,
+                    )
+                )
+        if source == "redis":
+            policy = self.latest.get((source, target, "maxmemory_policy"))
+            if policy is not None:
+                out.append(
+                    self._fire(
+                        "redis_eviction_policy",
+                        target,
+                        policy.value == 0,
+                        f"{target}: maxmemory-policy is {policy.text}; BullMQ needs noeviction",
+                        ts,
+                    )
+                )
+            evicted = value(source, target, "evicted_keys")
+            if evicted is not None:
+                before = self._evicted_previous.get(target)
+                self._evicted_previous[target] = evicted
+                evicting = before is not None and evicted > before
+                out.append(
+                    self._fire(
+                        "redis_evicting", target, evicting, f"{target}: evicting keys ({evicted:.0f} so far)", ts
+                    )
+                )
+        if source == "postgres":
+            ratio = value(source, target, "headroom_ratio")
+            if ratio is not None:
+                headroom = value(source, target, "headroom") or 0
+                out.append(
+                    self._fire(
+                        "db_headroom",
+                        target,
+                        ratio < t.headroom_ratio,
+                        f"{target}: only {headroom:.0f} connections left ({ratio:.0%} of the budget)",
+                        ts,
+                    )
+                )
+            waiters = value(source, target, "lock_waiters")
+            if waiters is not None:
+                out.append(
+                    self._fire(
+                        "lock_waiters", target, waiters > 0, f"{target}: {waiters:.0f} sessions wait on a lock", ts
+                    )
+                )
+        return out

@@ -1,0 +1,104 @@
+"""The collector protocol and the per-collector metric registry.
+
+A collector is a class with:
+
+- ``name``: the collector's name (``instances``, ``nginx``, ``bullmq``, ``redis``, ``postgres``), used in the
+  self-metrics target ``<name>/<target key>`` and the scheduler's job ids;
+- ``source``: the ``Sample.source`` it writes;
+- ``registry``: a :class:`MetricRegistry` declaring every metric it may emit, once, with its unit;
+- ``targets() -> list[T]``: what to measure right now (may read the store, e.g. the replica table);
+- ``async collect(target: T) -> list[Sample]``: measure one target. It may raise: the runner
+  (collectors/runner.py) is the firewall that turns any exception or timeout into an ``up=0`` sample.
+  On success the first two samples are ``up`` (1) and ``latency_ms`` for ``target.key``;
+- ``async aclose()``: release connections.
+
+Every collect is a coroutine so all network I/O of all collectors shares one event loop (one thread, see
+scheduler.py). Blocking libraries are not used inside collect: redis.asyncio, psycopg's AsyncConnection and
+aiohttp are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+
+from core.samples import Labels, Sample
+
+
+class MetricSpec(NamedTuple):
+    name: str
+    unit: str
+    help: str
+
+
+class MetricRegistry:
+    """The metrics a collector may emit. ``sample()`` refuses an undeclared name, so units cannot drift."""
+
+    def __init__(self, source: str, specs: Iterable[MetricSpec]) -> None:
+        self.source = source
+        self.specs: dict[str, MetricSpec] = {}
+        for spec in specs:
+            if spec.name in self.specs:
+                raise ValueError(f"metric {spec.name!r} declared twice for source {source!r}")
+            self.specs[spec.name] = spec
+
+    def sample(
+        self,
+        target: str,
+        metric: str,
+        value: float,
+        ts: float,
+        labels: Labels = (),
+        text: str | None = None,
+    ) -> Sample:
+        spec = self.specs[metric]  # KeyError here means a metric was not declared: a bug, caught by tests
+        return Sample(self.source, target, metric, float(value), ts, spec.unit, labels, text)
+
+    def unit(self, metric: str) -> str:
+        return self.specs[metric].unit
+
+
+# `up` and `latency_ms` are declared by every collector with the same units.
+UP = MetricSpec("up", "bool", "1 when the target answered as expected, 0 otherwise (text = error)")
+LATENCY = MetricSpec("latency_ms", "ms", "wall time of the collection round trip")
+
+
+@runtime_checkable
+class HasKey(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+T = TypeVar("T", bound=HasKey)
+T_contra = TypeVar("T_contra", bound=HasKey, contravariant=True)
+
+
+@runtime_checkable
+class Collector(Protocol[T]):
+    name: str
+    source: str
+    registry: MetricRegistry
+
+    def targets(self) -> list[T]: ...
+
+    async def collect(self, target: T) -> list[Sample]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def rate(previous: tuple[float, float] | None, value: float, ts: float) -> float | None:
+    """Per-second rate of a monotonic counter from the previous (value, ts); None on the first reading or a reset."""
+    if previous is None:
+        return None
+    prev_value, prev_ts = previous
+    elapsed = ts - prev_ts
+    if elapsed <= 0 or value < prev_value:
+        return None
+    return (value - prev_value) / elapsed
+
+
+def error_text(error: BaseException) -> str:
+    """A one-line error description that names the type even when the message is empty (timeouts)."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name

@@ -1,0 +1,446 @@
+"""Instance health: poll ``/health`` (and ``/metrics`` when configured) of every replica and static target.
+
+Targets are the store's replica table for every configured service (``<service>/<instance_id>``) plus
+``config.static_targets`` (``<service>/<name>``, service ``static`` by default). One aiohttp ClientSession with a
+keep-alive connector serves every target; the connector's limit bounds the concurrency (DESIGN.md §10: one shared
+httpx client collapses under concurrency, aiohttp does not).
+
+``normalise_health`` is pure and accepts every shape of DESIGN.md §2: IETF health+json, Spring Boot Actuator,
+NestJS Terminus, the typical Express JSON and a plain-text 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from core.config import FleetConfig
+from core.samples import Sample
+
+SOURCE = "instance"
+RAW_TEXT_LIMIT = 16_384  # health_raw is for display; a runaway body must not bloat the store
+
+REGISTRY = MetricRegistry(
+    SOURCE,
+    [
+        UP,
+        LATENCY,
+        MetricSpec("http_status", "", "HTTP status of /health"),
+        MetricSpec("health_status", "", "0 pass, 1 warn, 2 fail, 3 draining (text = word)"),
+        MetricSpec("uptime_s", "s", "process uptime reported by the health body"),
+        MetricSpec("memory_rss_bytes", "bytes", "resident memory (health body or /metrics)"),
+        MetricSpec("cpu_seconds_total", "s", "process CPU seconds (from /metrics)"),
+        MetricSpec("cpu_percent", "percent", "CPU use between two polls, 100 = one core"),
+        MetricSpec("event_loop_lag_s", "s", "event loop lag (nodejs_eventloop_lag_seconds or eventloop_lag_seconds)"),
+        MetricSpec("in_flight", "count", "requests in progress"),
+        MetricSpec("pool_total", "count", "database pool connections"),
+        MetricSpec("pool_idle", "count", "idle database pool connections"),
+        MetricSpec("pool_waiting", "count", "clients waiting for a database pool connection"),
+        MetricSpec("version", "", "value 1, text = version"),
+        MetricSpec("health_raw", "", "value 1, text = the health body"),
+        MetricSpec("requests_total", "count", "HTTP requests served (from /metrics)"),
+        MetricSpec("requests_5xx_total", "count", "HTTP requests answered 5xx (from /metrics)"),
+    ],
+)
+
+HEALTH_CODES = {"pass": 0, "warn": 1, "fail": 2, "draining": 3}
+_WORDS: dict[str, str] = {
+    "pass": "pass",
+    "ok": "pass",
+    "up": "pass",
+    "healthy": "pass",
+    "warn": "warn",
+    "warning": "warn",
+    "degraded": "warn",
+    "unknown": "warn",
+    "fail": "fail",
+    "error": "fail",
+    "down": "fail",
+    "unhealthy": "fail",
+    "critical": "fail",
+    "shutting_down": "draining",
+    "out_of_service": "draining",
+    "draining": "draining",
+}
+_SEVERITY = {"pass": 0, "warn": 1, "draining": 2, "fail": 3}
+
+
+class HealthReading(NamedTuple):
+    status: str  # pass | warn | fail | draining
+    http_status: int
+    checks: dict[str, str]  # component name -> normalised status word
+    version: str | None
+    uptime_s: float | None
+    memory_rss_bytes: float | None
+    in_flight: float | None
+    pool_total: float | None
+    pool_idle: float | None
+    pool_waiting: float | None
+    raw: str
+    extra: dict[str, Any]  # unknown top-level keys, kept for display
+
+
+def _word(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "pass" if value else "fail"
+    if not isinstance(value, str):
+        return None
+    return _WORDS.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, str):
+            try:
+                parsed = float(value)
+            except ValueError:
+                return None
+            return parsed if math.isfinite(parsed) else None
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _worst(words: Iterable[str]) -> str | None:
+    found = [w for w in words if w in _SEVERITY]
+    return max(found, key=_SEVERITY.__getitem__) if found else None
+
+
+def _flatten_components(components: object, prefix: str, out: dict[str, str]) -> None:
+    """Spring `components` (nested for composites) and Terminus `details`/`info`/`error` into name -> word."""
+    if not isinstance(components, dict):
+        return
+    for name, body in components.items():
+        if not isinstance(body, dict):
+            continue
+        full = f"{prefix}{name}"
+        word = _word(body.get("status"))
+        if word is not None:
+            out[full] = word
+        if isinstance(body.get("components"), dict):
+            _flatten_components(body["components"], f"{full}/", out)
+
+
+def _ietf_checks(checks: object, out: dict[str, str]) -> None:
+    """IETF `checks`: {"component:measurement": [{"status": ...}, ...]} -> the worst status per key."""
+    if not isinstance(checks, dict):
+        return
+    for name, entries in checks.items():
+        items = entries if isinstance(entries, list) else [entries]
+        words = [_word(item.get("status")) for item in items if isinstance(item, dict)]
+        worst = _worst(w for w in words if w)
+        if worst is not None:
+            out[str(name)] = worst
+
+
+_KNOWN_KEYS = {
+    "status",
+    "version",
+    "releaseId",
+    "serviceId",
+    "instanceId",
+    "description",
+    "notes",
+    "output",
+    "checks",
+    "components",
+    "details",
+    "info",
+    "error",
+    "uptime",
+    "memory",
+    "database",
+    "inFlight",
+    "in_flight",
+    "draining",
+    "links",
+    "groups",
+}
+
+
+def normalise_health(status_code: int, content_type: str | None, body: str | bytes) -> HealthReading:
+    """One reading from any common health response shape.
+
+    The HTTP status decides first (>= 400 is fail) unless the body says the instance is draining
+    (Terminus `shutting_down`, Spring `OUT_OF_SERVICE`, `draining: true`), which is more specific.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    data: Any = None
+    stripped = text.lstrip()
+    if (content_type and "json" in content_type) or stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+    checks: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    version: str | None = None
+    uptime = rss = in_flight = pool_total = pool_idle = pool_waiting = None
+    body_word: str | None = None
+    draining = False
+    if isinstance(data, dict):
+        body_word = _word(data.get("status"))
+        draining = data.get("draining") is True or body_word == "draining"
+        _ietf_checks(data.get("checks"), checks)
+        _flatten_components(data.get("components"), "", checks)  # Spring Actuator
+        _flatten_components(data.get("details"), "", checks)  # NestJS Terminus
+        if not data.get("details"):
+            _flatten_components(data.get("info"), "", checks)
+            _flatten_components(data.get("error"), "", checks)
+        raw_version = data.get("version") or data.get("releaseId")
+        version = str(raw_version) if raw_version not in (None, "") else None
+        uptime = _number(data.get("uptime"))
+        memory = data.get("memory")
+        if isinstance(memory, dict):
+            rss = _number(memory.get("rss"))
+        in_flight = _number(data.get("inFlight", data.get("in_flight")))
+        database = data.get("database")
+        pool = database.get("pool") if isinstance(database, dict) else None
+        if isinstance(pool, dict):
+            pool_total = _number(pool.get("totalCount", pool.get("total")))
+            pool_idle = _number(pool.get("idleCount", pool.get("idle")))
+            pool_waiting = _number(pool.get("waitingCount", pool.get("waiting")))
+        extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
+    if draining:
+        status = "draining"
+    elif status_code >= 400:
+        status = "fail"
+    elif body_word is not None:
+        status = body_word
+    elif isinstance(data, dict) and (worst := _worst(checks.values())) is not None:
+        status = worst  # no top-level status: the worst component decides
+    else:
+        status = "pass"  # a plain 200 (text or JSON without status) is a pass
+    return HealthReading(
+        status,
+        status_code,
+        checks,
+        version,
+        uptime,
+        rss,
+        in_flight,
+        pool_total,
+        pool_idle,
+        pool_waiting,
+        text[:RAW_TEXT_LIMIT],
+        extra,
+    )
+
+
+class PromReading(NamedTuple):
+    rss_bytes: float | None
+    cpu_seconds_total: float | None
+    event_loop_lag_s: float | None
+    requests_total: float | None
+    requests_5xx_total: float | None
+
+
+_STATUS_LABELS = ("status_code", "code", "status")
+
+
+def parse_prometheus(text: str) -> PromReading:
+    """The few series we chart from a prom-client style /metrics page."""
+    rss = cpu = lag = None
+    histogram_requests = counter_requests = 0.0
+    histogram_5xx = counter_5xx = 0.0
+    seen_histogram = seen_counter = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if name == "process_resident_memory_bytes":
+                rss = sample.value
+            elif name == "process_cpu_seconds_total":
+                cpu = sample.value
+            elif name in ("nodejs_eventloop_lag_seconds", "eventloop_lag_seconds"):
+                lag = sample.value if lag is None or name == "nodejs_eventloop_lag_seconds" else lag
+            elif name == "http_request_duration_seconds_count":
+                seen_histogram = True
+                histogram_requests += sample.value
+                if _is_5xx(sample.labels):
+                    histogram_5xx += sample.value
+            elif name == "http_requests_total":
+                seen_counter = True
+                counter_requests += sample.value
+                if _is_5xx(sample.labels):
+                    counter_5xx += sample.value
+    if seen_histogram:
+        return PromReading(rss, cpu, lag, histogram_requests, histogram_5xx)
+    if seen_counter:
+        return PromReading(rss, cpu, lag, counter_requests, counter_5xx)
+    return PromReading(rss, cpu, lag, None, None)
+
+
+def _is_5xx(labels: dict[str, str]) -> bool:
+    return any(str(labels.get(name, "")).startswith("5") for name in _STATUS_LABELS)
+
+
+class InstanceTarget(NamedTuple):
+    key: str  # "<service>/<instance_id>"
+    service: str
+    base_url: str  # "http://127.0.0.1:9101"
+    health_path: str
+    metrics_path: str | None
+    timeout_s: float
+
+
+_LIVE_STATES = ("starting", "running", "draining")
+
+
+def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any]] | None) -> list[InstanceTarget]:
+    """Replicas of every service from the store's registry (not stopped/dead) plus the static targets."""
+    found: list[InstanceTarget] = []
+    if replicas is not None:
+        for service in config.services:
+            for rec in replicas(service.name):
+                if rec.state not in _LIVE_STATES:
+                    continue
+                found.append(
+                    InstanceTarget(
+                        f"{service.name}/{rec.instance_id}",
+                        service.name,
+                        f"http://{rec.host}:{rec.port}",
+                        service.health.path,
+                        service.health.metrics,
+                        service.health.timeout_s,
+                    )
+                )
+    for static in config.static_targets:
+        found.append(
+            InstanceTarget(
+                f"{static.service}/{static.name}",
+                static.service,
+                static.url.rstrip("/"),
+                static.health_path,
+                static.metrics_path,
+                config.collectors.timeout_s,
+            )
+        )
+    return found
+
+
+class InstanceCollector:
+    name = "instances"
+    source = SOURCE
+    registry = REGISTRY
+
+    def __init__(
+        self,
+        config: FleetConfig | None = None,
+        store: Any = None,
+        max_connections: int = 256,
+        fixed_targets: list[InstanceTarget] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.max_connections = max_connections
+        self.fixed_targets = fixed_targets
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._cpu_previous: dict[str, tuple[float, float]] = {}
+
+    def targets(self) -> list[InstanceTarget]:
+        if self.fixed_targets is not None:
+            return list(self.fixed_targets)
+        if self.config is None:
+            return []
+        return discover_targets(self.config, self.store.replicas if self.store is not None else None)
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,  # bounds the concurrency of a cycle
+                limit_per_host=4,
+                keepalive_timeout=30,
+                ttl_dns_cache=300,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "fleetdeck-collector", "Accept": "application/health+json, application/json"},
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def collect(self, target: InstanceTarget) -> list[Sample]:
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        ts = time.time()
+        started = time.perf_counter()
+        async with session.get(target.base_url + target.health_path, timeout=timeout) as response:
+            body = await response.read()
+            status_code = response.status
+            content_type = response.headers.get("Content-Type")
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        reading = normalise_health(status_code, content_type, body)
+        key = target.key
+        sample = REGISTRY.sample
+        up_error = None if reading.status != "fail" else f"health {reading.status} (HTTP {status_code})"
+        out = [
+            sample(key, "up", 0 if up_error else 1, ts, text=up_error),
+            sample(key, "latency_ms", latency_ms, ts),
+            sample(key, "http_status", status_code, ts),
+            sample(key, "health_status", HEALTH_CODES[reading.status], ts, text=reading.status),
+            sample(key, "health_raw", 1, ts, text=reading.raw),
+        ]
+        if reading.version is not None:
+            out.append(sample(key, "version", 1, ts, text=reading.version))
+        for metric, value in (
+            ("uptime_s", reading.uptime_s),
+            ("memory_rss_bytes", reading.memory_rss_bytes),
+            ("in_flight", reading.in_flight),
+            ("pool_total", reading.pool_total),
+            ("pool_idle", reading.pool_idle),
+            ("pool_waiting", reading.pool_waiting),
+        ):
+            if value is not None:
+                out.append(sample(key, metric, value, ts))
+        if target.metrics_path:
+            out.extend(await self._metrics(session, target, ts, have_rss=reading.memory_rss_bytes is not None))
+        return out
+
+    async def _metrics(
+        self, session: aiohttp.ClientSession, target: InstanceTarget, ts: float, have_rss: bool
+    ) -> list[Sample]:
+        """A missing or broken /metrics page costs the metrics only, never the health reading."""
+        try:
+            async with session.get(
+                target.base_url + target.metrics_path, timeout=aiohttp.ClientTimeout(total=target.timeout_s)
+            ) as response:
+                if response.status != 200:
+                    return []
+                text = await response.text()
+            prom = parse_prometheus(text)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return []
+        key = target.key
+        sample = REGISTRY.sample
+        out: list[Sample] = []
+        if prom.rss_bytes is not None and not have_rss:
+            out.append(sample(key, "memory_rss_bytes", prom.rss_bytes, ts))
+        if prom.cpu_seconds_total is not None:
+            out.append(sample(key, "cpu_seconds_total", prom.cpu_seconds_total, ts))
+            per_second = rate(self._cpu_previous.get(key), prom.cpu_seconds_total, ts)
+            self._cpu_previous[key] = (prom.cpu_seconds_total, ts)
+            if per_second is not None:
+                out.append(sample(key, "cpu_percent", per_second * 100.0, ts))
+        if prom.event_loop_lag_s is not None:
+            out.append(sample(key, "event_loop_lag_s", prom.event_loop_lag_s, ts))
+        if prom.requests_total is not None:
+            out.append(sample(key, "requests_total", prom.requests_total, ts))
+        if prom.requests_5xx_total is not None:
+            out.append(sample(key, "requests_5xx_total", prom.requests_5xx_total, ts))
+        return out
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,285 @@
+"""The collection schedule: APScheduler 3 BackgroundScheduler, one job per (collector, target).
+
+Every job has ``max_instances=1`` and ``coalesce=True`` and is bounded by the runner's timeout, so one slow target
+only ever delays itself. Collect coroutines of every collector run on ONE asyncio event loop in a dedicated
+thread (uvloop when installed); a job thread submits its coroutine there and waits for it. Samples go to an
+in-memory queue that a writer job flushes to the Store once a second in one batch (so 1,000 targets cost one
+transaction, not 1,000) and feeds to the alert rules. A refresh job re-reads targets (replicas come and go) and
+adds/removes jobs. Rollup and retention run every ``ROLLUP_EVERY_S``.
+
+Exactly one scheduler per process: :func:`start_embedded` is idempotent and is what the dashboard and the
+``collect`` verb call. APScheduler job stores are in memory and never shared (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from collectors.alerts import AlertEvaluator
+from collectors.bullmq import BullMQCollector
+from collectors.instances import InstanceCollector
+from collectors.nginx import NginxCollector
+from collectors.postgres import PostgresCollector
+from collectors.redis_info import RedisInfoCollector
+from collectors.runner import Runner
+from core.config import FleetConfig
+from core.samples import Sample
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL_S = 1.0
+REFRESH_TARGETS_S = 10.0
+FLUSH_EVERY_S = 1.0
+ROLLUP_EVERY_S = 3600.0
+ROLLUP_FIRST_AFTER_S = 60.0
+
+
+def build_collectors(config: FleetConfig, store: Any = None) -> list[Any]:
+    return [
+        InstanceCollector(config, store),
+        NginxCollector(config),
+        BullMQCollector(config),
+        RedisInfoCollector(config),
+        PostgresCollector(config),
+    ]
+
+
+def interval_of(config: FleetConfig, collector_name: str) -> float:
+    intervals = config.collectors
+    chosen = {
+        "instances": intervals.instances_s,
+        "nginx": intervals.nginx_s,
+        "bullmq": intervals.bullmq_s,
+        "redis": intervals.redis_s,
+        "postgres": intervals.postgres_s,
+    }.get(collector_name, intervals.instances_s)
+    return max(MIN_INTERVAL_S, float(chosen))
+
+
+class LoopThread:
+    """One asyncio event loop running in its own daemon thread."""
+
+    def __init__(self) -> None:
+        try:
+            import uvloop
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:  # uvloop is optional; plain asyncio works, a bit slower
+            self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fleetdeck-collect-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout_s: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class CollectorScheduler:
+    def __init__(
+        self,
+        config: FleetConfig,
+        store: Any,
+        collectors: Sequence[Any] | None = None,
+        intervals: dict[str, float] | None = None,
+        max_threads: int = 16,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.collectors = list(collectors) if collectors is not None else build_collectors(config, store)
+        self.intervals = intervals or {}
+        self.timeout_s = config.collectors.timeout_s
+        self.runner = Runner(self.timeout_s)
+        self.alerts = AlertEvaluator()
+        self.pending: queue.SimpleQueue[list[Sample]] = queue.SimpleQueue()
+        self.loop_thread: LoopThread | None = None
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max_threads)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30},
+            timezone="UTC",
+        )
+        self._targets: dict[str, Any] = {}  # job id -> target it was scheduled for
+        self._lock = threading.Lock()
+        self.written = 0
+
+    # -- life cycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop_thread = LoopThread()
+        self.refresh_targets()
+        self.scheduler.add_job(self.refresh_targets, "interval", seconds=REFRESH_TARGETS_S, id="fleetdeck:refresh")
+        self.scheduler.add_job(self.flush, "interval", seconds=FLUSH_EVERY_S, id="fleetdeck:flush")
+        self.scheduler.add_job(
+            self.rollup,
+            "interval",
+            seconds=ROLLUP_EVERY_S,
+            id="fleetdeck:rollup",
+            next_run_time=datetime.now().astimezone() + timedelta(seconds=ROLLUP_FIRST_AFTER_S),
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.loop_thread is not None:
+            for collector in self.collectors:
+                try:
+                    self.loop_thread.run(collector.aclose(), 5)
+                except Exception as error:  # closing must finish for every collector
+                    log.warning("closing %s: %s", collector.name, error)
+            self.loop_thread.stop()
+            self.loop_thread = None
+        self.flush()
+
+    @property
+    def running(self) -> bool:
+        return self.scheduler.running
+
+    # -- jobs -----------------------------------------------------------------------------------------------------
+
+    def interval(self, collector: Any) -> float:
+        return max(MIN_INTERVAL_S, self.intervals.get(collector.name, interval_of(self.config, collector.name)))
+
+    def refresh_targets(self) -> None:
+        """Add a job for every new target, replace changed ones, remove the vanished."""
+        with self._lock:
+            wanted: dict[str, tuple[Any, Any]] = {}
+            for collector in self.collectors:
+                try:
+                    targets = collector.targets()
+                except Exception as error:  # e.g. the store is briefly unavailable: keep the current jobs
+                    log.warning("targets of %s: %s", collector.name, error)
+                    wanted.update({k: (c, t) for k, (c, t) in self._scheduled_of(collector).items()})
+                    continue
+                for target in targets:
+                    wanted[f"{collector.name}:{target.key}"] = (collector, target)
+            for job_id in list(self._targets):
+                if job_id not in wanted or wanted[job_id][1] != self._targets[job_id]:
+                    self._remove_job(job_id)
+            for job_id, (collector, target) in wanted.items():
+                if job_id in self._targets:
+                    continue
+                interval = self.interval(collector)
+                # spread first runs over the interval so targets don't all fire in the same instant
+                first = datetime.now().astimezone() + timedelta(seconds=random.uniform(0, min(interval, 1.0)))
+                self.scheduler.add_job(
+                    self.collect_one,
+                    "interval",
+                    args=(collector, target),
+                    seconds=interval,
+                    id=job_id,
+                    name=job_id,
+                    next_run_time=first,
+                    replace_existing=True,
+                )
+                self._targets[job_id] = target
+
+    def _scheduled_of(self, collector: Any) -> dict[str, tuple[Any, Any]]:
+        prefix = f"{collector.name}:"
+        return {k: (collector, t) for k, t in self._targets.items() if k.startswith(prefix)}
+
+    def _remove_job(self, job_id: str) -> None:
+        with contextlib.suppress(JobLookupError):  # already gone
+            self.scheduler.remove_job(job_id)
+        self._targets.pop(job_id, None)
+
+    def collect_one(self, collector: Any, target: Any) -> None:
+        """One (collector, target) job: bounded by the runner's timeout, never raises into APScheduler."""
+        assert self.loop_thread is not None
+        try:
+            samples = self.loop_thread.run(self.runner.run(collector, target), self.timeout_s + 2.0)
+        except Exception as error:  # only if the loop itself is stuck; the runner already caught the rest
+            log.error("collect %s %s: %s", collector.name, getattr(target, "key", target), error)
+            return
+        self.pending.put(samples)
+
+    def flush(self) -> int:
+        """Write everything collected since the last flush in one batch, then the alerts it triggers."""
+        batch: list[Sample] = []
+        while True:
+            try:
+                batch.extend(self.pending.get_nowait())
+            except queue.Empty:
+                break
+        if not batch:
+            return 0
+        batch.extend(self.alerts.evaluate(batch))
+        try:
+            written = int(self.store.write_samples(batch))
+        except Exception as error:  # a store hiccup loses one batch, not the collector
+            log.error("writing %d samples: %s", len(batch), error)
+            return 0
+        self.written += written
+        return written
+
+    def rollup(self) -> None:
+        started = time.monotonic()
+        try:
+            self.store.rollup()
+            self.store.apply_retention()
+        except Exception as error:
+            log.error("rollup/retention: %s", error)
+        log.info("rollup/retention took %.1fs", time.monotonic() - started)
+
+
+# -- one scheduler per process -----------------------------------------------------------------------------------
+
+_GUARD = threading.Lock()
+_EMBEDDED: CollectorScheduler | None = None
+
+
+def start_embedded(config: FleetConfig, store: Any, **kwargs: Any) -> CollectorScheduler:
+    """Start the process's scheduler, or return the one already running (idempotent, thread-safe)."""
+    global _EMBEDDED
+    with _GUARD:
+        if _EMBEDDED is not None and _EMBEDDED.running:
+            return _EMBEDDED
+        scheduler = CollectorScheduler(config, store, **kwargs)
+        scheduler.start()
+        _EMBEDDED = scheduler
+        return scheduler
+
+
+def stop_embedded() -> None:
+    global _EMBEDDED
+    with _GUARD:
+        if _EMBEDDED is not None:
+            _EMBEDDED.stop()
+            _EMBEDDED = None
+
+
+async def _collect_all(collectors: Sequence[Any], runner: Runner) -> list[Sample]:
+    try:
+        results = await asyncio.gather(*(runner.run_many(c, c.targets()) for c in collectors))
+    finally:
+        for collector in collectors:
+            try:
+                await collector.aclose()
+            except Exception as error:
+                log.warning("closing %s: %s", collector.name, error)
+    return [sample for batch in results for sample in batch]
+
+
+def collect_once(config: FleetConfig, store: Any = None, collectors: Sequence[Any] | None = None) -> list[Sample]:
+    """Every collector once, every target concurrently; the samples, alerts included (nothing written)."""
+    chosen = list(collectors) if collectors is not None else build_collectors(config, store)
+    samples = asyncio.run(_collect_all(chosen, Runner(config.collectors.timeout_s)))
+    return samples + AlertEvaluator().evaluate(samples)
