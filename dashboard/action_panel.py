@@ -1,0 +1,217 @@
+"""The action buttons of the dashboard: drain / undrain / restart an instance, scale / rolling-restart a service.
+
+Flow: button → dry-run preview (`plan_*`: affected replicas, upstream diff, refusal reason) → typed confirmation
+(the operator types the instance or service name) → the action runs in a background thread of this Streamlit
+process with a pre-made op id. Its progress is written to the store (actions/audit.py), and the live panel reads
+it back from there — so any other browser session (or a CLI user) sees the same action progressing, and a page
+reload loses nothing. Buttons are disabled for roles that may not act, but the actions layer checks the role
+again: this UI is a convenience, not the protection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from actions import audit
+from actions.auth import Principal, allowed
+from actions.base import new_op_id
+from actions.operations import DRAIN, RESTART, ROLLING_RESTART, SCALE, UNDRAIN, FleetActions, Plan
+from core.config import FleetConfig
+from core.store import Store
+
+PENDING_KEY = "fd_pending_action"  # {"kind", "target", "params"} of the action being previewed in this session
+LIVE_REFRESH_S = 1.0
+# Threads running actions in this process, by op id: kept so they are not garbage collected and so tests can join.
+RUNNING: dict[str, threading.Thread] = {}
+
+
+def start_in_background(call: Callable[[], Any], op_id: str) -> threading.Thread:
+    """Run an action off the Streamlit script thread: the page returns at once, progress comes from the store."""
+    thread = threading.Thread(target=call, name=f"fleetdeck-action-{op_id}", daemon=True)
+    RUNNING[op_id] = thread
+    thread.start()
+    for finished in [key for key, value in RUNNING.items() if not value.is_alive()]:
+        RUNNING.pop(finished, None)
+    return thread
+
+
+def plan_frame(plan: Plan) -> pd.DataFrame:
+    """The upstream before/after side by side, one row per address (for the preview table)."""
+    before = {s["address"]: s for s in plan.upstream_before}
+    after = {s["address"]: s for s in plan.upstream_after}
+    rows = []
+    for address in list(before) + [a for a in after if a not in before]:
+        old, new = before.get(address), after.get(address)
+        rows.append({
+            "address": address,
+            "instance": (new or old or {}).get("instance_id", ""),
+            "before": old["state"] if old else "—",
+            "after": new["state"] if new else "removed",
+            "changes": "yes" if (old or {}).get("state") != (new or {}).get("state") else "",
+        })
+    return pd.DataFrame(rows, columns=["address", "instance", "before", "after", "changes"])
+
+
+def progress_frame(store: Store, op_id: str) -> pd.DataFrame:
+    lines = audit.progress_events(store, op_id)
+    return pd.DataFrame(
+        [{"time": datetime.fromtimestamp(line["ts"]).strftime("%H:%M:%S.%f")[:-3], "step": line.get("step", ""),
+          "message": line["message"]} for line in lines],
+        columns=["time", "step", "message"],
+    )
+
+
+def _service_of(config: FleetConfig, instance_id: str) -> tuple[str, str]:
+    service, _, instance = instance_id.rpartition("/")
+    if service:
+        return service, instance
+    stem = instance.rpartition("-")[0]
+    names = [s.name for s in config.services]
+    return (stem if stem in names else (names[0] if names else "")), instance
+
+
+def _describe_lock(store: Store, service: str) -> str | None:
+    for lock in store.locks():
+        if lock.get("service") == service and float(lock.get("expires_at") or 0) > time.time():
+            since = datetime.fromtimestamp(float(lock["acquired_at"])).strftime("%H:%M:%S")
+            return f"busy: {lock['action']} by {lock['who']} since {since} (op {lock['op_id']})"
+    return None
+
+
+def _live_status(store: Store, service: str, key: str) -> None:
+    """The latest operation on `service` and its progress, redrawn every second from the store."""
+
+    @st.fragment(run_every=LIVE_REFRESH_S)
+    def panel() -> None:
+        busy = _describe_lock(store, service)
+        status = audit.last_operation(store, service)
+        if busy:
+            st.info(busy, icon=":material/hourglass_top:")
+        if not status:
+            st.caption(f"No action has run on {service} yet.")
+            return
+        state = str(status.get("state"))
+        headline = (f"**{status.get('action')}** {status.get('target')} by {status.get('who')} "
+                    f"({status.get('role')}, {status.get('via')}) — **{state}**: {status.get('message')}")
+        {"running": st.info, "ok": st.success, "noop": st.success, "failed": st.error,
+         "refused": st.warning}.get(state, st.info)(headline)
+        frame = progress_frame(store, str(status["op_id"]))
+        if not frame.empty:
+            st.dataframe(frame, hide_index=True, key=f"{key}-progress", height=min(300, 38 + 35 * len(frame)))
+
+    panel()
+
+
+def _preview_and_confirm(actions: FleetActions, principal: Principal, plan: Plan, key: str,
+                         run: Callable[[str], Callable[[], Any]]) -> None:
+    """Show the dry-run plan; when allowed, ask for the typed name and start the action."""
+    (st.info if plan.allowed else st.error)(f"**Dry run — {plan.action} {plan.target}:** {plan.reason}")
+    if plan.affected:
+        st.markdown(f"Affected replicas: `{'`, `'.join(plan.affected)}`")
+    if plan.steps:
+        st.markdown("\n".join(f"{number}. {step}" for number, step in enumerate(plan.steps, 1)))
+    if plan.upstream_before or plan.upstream_after:
+        st.dataframe(plan_frame(plan), hide_index=True, key=f"{key}-plan")
+        if plan.upstream_diff:
+            st.code("\n".join(plan.upstream_diff), language="diff")
+    cancel, confirm = st.columns(2)
+    if cancel.button("Cancel", key=f"{key}-cancel"):
+        st.session_state.pop(PENDING_KEY, None)
+        st.rerun()
+    if not plan.allowed or plan.noop:
+        return
+    typed = ""
+    if plan.disruptive:
+        typed = confirm.text_input(f"Type **{plan.confirm_text}** to confirm", key=f"{key}-typed")
+    ready = (not plan.disruptive) or typed.strip() == plan.confirm_text
+    if confirm.button(f"Run {plan.action}", key=f"{key}-run", type="primary", disabled=not ready):
+        op_id = new_op_id()
+        start_in_background(run(op_id), op_id)
+        st.session_state.pop(PENDING_KEY, None)
+        st.toast(f"{plan.action} {plan.target} started (op {op_id})")
+        st.rerun()
+
+
+def render_instance_actions(config: FleetConfig, store: Store, principal: Principal, instance_id: str) -> None:
+    """Drain / undrain / restart buttons for one instance ("web-2" or "web/web-2"), preview, confirm, live status."""
+    service, instance = _service_of(config, instance_id)
+    target = f"{service}/{instance}"
+    key = f"fd-act-{service}-{instance}"
+    actions = FleetActions(config, store)
+    columns = st.columns(4)
+    for column, (kind, label, icon) in zip(columns, (
+        (DRAIN, "Drain", ":material/pause_circle:"),
+        (UNDRAIN, "Undrain", ":material/play_circle:"),
+        (RESTART, "Restart", ":material/restart_alt:"),
+    ), strict=False):
+        may = allowed(principal, kind)
+        if column.button(label, key=f"{key}-{kind}", icon=icon, disabled=not may,
+                         help=None if may else f"needs the operator role (you are {principal.role})"):
+            st.session_state[PENDING_KEY] = {"kind": kind, "target": target, "params": {}}
+    on_timeout = columns[3].selectbox(
+        "On drain timeout", ["abort", "force"], key=f"{key}-on-timeout",
+        help="abort: back in rotation; force: take it down anyway (admin only)",
+        disabled=not allowed(principal, "force"),
+    )
+    pending = st.session_state.get(PENDING_KEY)
+    if pending and pending.get("target") == target:
+        kind = pending["kind"]
+        planner = {DRAIN: actions.plan_drain, UNDRAIN: actions.plan_undrain, RESTART: actions.plan_restart}[kind]
+        plan = planner(target, principal)
+
+        def run(op_id: str) -> Callable[[], Any]:
+            fresh = FleetActions(config, store)
+            if kind == DRAIN:
+                return lambda: fresh.drain(principal, target, on_timeout=on_timeout, op_id=op_id)
+            if kind == UNDRAIN:
+                return lambda: fresh.undrain(principal, target, op_id=op_id)
+            return lambda: fresh.restart(principal, target, op_id=op_id)
+
+        _preview_and_confirm(actions, principal, plan, f"{key}-{kind}", run)
+    _live_status(store, service, key)
+
+
+def render_service_actions(config: FleetConfig, store: Store, principal: Principal, service: str) -> None:
+    """Scale (within [min, max]) and rolling-restart for one service, with preview, confirm and live status."""
+    key = f"fd-svc-{service}"
+    try:
+        service_config = config.service(service)
+    except KeyError as error:
+        st.error(str(error.args[0]))
+        return
+    actions = FleetActions(config, store)
+    left, middle, right = st.columns([2, 1, 1])
+    wanted = left.number_input(
+        f"Replicas ({service_config.min_replicas}–{service_config.max_replicas})", key=f"{key}-n",
+        min_value=service_config.min_replicas, max_value=service_config.max_replicas,
+        value=service_config.replicas, step=1,
+    )
+    if middle.button("Scale", key=f"{key}-scale", icon=":material/tune:", disabled=not allowed(principal, SCALE)):
+        st.session_state[PENDING_KEY] = {"kind": SCALE, "target": service, "params": {"replicas": int(wanted)}}
+    if right.button("Rolling restart", key=f"{key}-rolling", icon=":material/autorenew:",
+                    disabled=not allowed(principal, ROLLING_RESTART)):
+        st.session_state[PENDING_KEY] = {"kind": ROLLING_RESTART, "target": service, "params": {}}
+    pending = st.session_state.get(PENDING_KEY)
+    if pending and pending.get("target") == service:
+        kind = pending["kind"]
+        replicas = int(pending["params"].get("replicas", wanted))
+        if kind == SCALE:
+            plan = actions.plan_scale(service, replicas, principal)
+        else:
+            plan = actions.plan_rolling_restart(service, principal)
+
+        def run(op_id: str) -> Callable[[], Any]:
+            fresh = FleetActions(config, store)
+            if kind == SCALE:
+                return lambda: fresh.scale(principal, service, replicas, op_id=op_id)
+            return lambda: fresh.rolling_restart(principal, service, op_id=op_id)
+
+        _preview_and_confirm(actions, principal, plan, f"{key}-{kind}", run)
+    _live_status(store, service, key)

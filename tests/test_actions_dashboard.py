@@ -1,0 +1,114 @@
+"""The dashboard pieces of the actions, run with Streamlit's AppTest against a real store (no fleet needed):
+the audit page lists and filters entries and offers the CSV; the service panel disables buttons for a viewer
+and shows a dry-run preview with a typed confirmation for an operator; the login gate signs a local user in."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from actions.auth import Principal, hash_password
+from core.store import AuditEntry, Store
+from dashboard.app_pages.audit import audit_frame, filter_frame
+from tests.support import REPO_ROOT, free_port_block
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data = {
+        "state_dir": str(tmp_path / "run"),
+        "store": {"url": f"sqlite:///{tmp_path}/fleetdeck.db"},
+        "services": [{"name": "web", "command": "{python} -c pass --port {port} {instance_id}",
+                      "ports": {"start": free_port_block(8), "end": 0}, "replicas": 2, "min_replicas": 1,
+                      "max_replicas": 4}],
+        "auth": {"users": [{"name": "olga", "role": "operator", "password_hash": hash_password("s3cret")}]},
+    }
+    data["services"][0]["ports"]["end"] = data["services"][0]["ports"]["start"] + 7
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(path))
+    return path
+
+
+def entry(store: Store, who: str, action: str, result: str, error: str | None = None) -> None:
+    store.append_audit(AuditEntry(None, time.time(), f"op-{who}-{action}", who, "operator", action,
+                                  {"target": "web/web-1", "via": "cli"}, {}, {}, result, error, 0.25))
+
+
+def test_audit_page_lists_filters_and_exports(config_file: Path, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/fleetdeck.db")
+    entry(store, "alice", "drain", "ok")
+    entry(store, "victor", "scale", "refused", "permission denied")
+    frame = audit_frame(store.audit())
+    assert list(frame["who"]) == ["victor", "alice"]  # newest first
+    assert list(filter_frame(frame, ["drain"], [], "", "")["who"]) == ["alice"]
+    assert list(filter_frame(frame, [], ["refused"], "", "denied")["who"]) == ["victor"]
+    app = AppTest.from_file(str(Path(REPO_ROOT) / "dashboard" / "app_pages" / "audit.py"), default_timeout=30)
+    app.run()
+    assert not app.exception, app.exception
+    shown = app.dataframe[0].value
+    assert sorted(shown["who"]) == ["alice", "victor"]
+    assert set(shown.columns) >= {"who", "role", "action", "target", "result", "error", "duration_s", "before"}
+    assert any("CSV" in str(button.proto.label) for button in app.get("download_button"))
+
+
+def service_panel(role: str) -> None:
+    from actions.auth import Principal
+    from core.config import load_config
+    from core.store import Store
+    from dashboard.action_panel import render_service_actions
+
+    config = load_config()
+    render_service_actions(config, Store(config.store_url), Principal("someone", role, "dashboard"), "web")
+
+
+def test_service_panel_disables_buttons_for_a_viewer(config_file: Path) -> None:
+    app = AppTest.from_function(service_panel, args=("viewer",), default_timeout=30)
+    app.run()
+    assert not app.exception, app.exception
+    buttons = {button.label: button for button in app.button}
+    assert buttons["Scale"].disabled and buttons["Rolling restart"].disabled
+
+
+def test_service_panel_previews_and_asks_for_the_typed_name(config_file: Path) -> None:
+    app = AppTest.from_function(service_panel, args=("operator",), default_timeout=30)
+    app.run()
+    app.number_input[0].set_value(3)
+    app.button(key="fd-svc-web-scale").click()
+    app.run()
+    assert not app.exception, app.exception
+    assert any("Dry run — scale web" in info.value and "start 3 replica(s): 0 → 3" in info.value
+               for info in app.info), [i.value for i in app.info]
+    # scaling up is not disruptive: no typed name needed; a rolling restart of nothing is refused in the preview
+    app.button(key="fd-svc-web-rolling").click()
+    app.run()
+    assert any("no running replicas" in error.value for error in app.error), [e.value for e in app.error]
+
+
+def login_page() -> None:
+    import streamlit as st
+
+    from core.config import load_config
+    from dashboard.auth_gate import login_gate
+
+    principal = login_gate(load_config(), allow_anonymous=False)
+    st.write(f"principal={tuple(principal) if principal else None}")
+
+
+def test_login_gate_signs_in_a_local_user(config_file: Path) -> None:
+    app = AppTest.from_function(login_page, default_timeout=30)
+    app.run()
+    assert "principal=None" in app.markdown[-1].value
+    app.text_input[0].set_value("olga")
+    app.text_input[1].set_value("wrong")
+    app.button[0].click()
+    app.run()
+    assert any("wrong password" in error.value for error in app.error)
+    app.text_input[1].set_value("s3cret")
+    app.button[0].click()
+    app.run()
+    assert str(tuple(Principal("olga", "operator", "dashboard"))) in app.markdown[-1].value
