@@ -179,9 +179,22 @@ def _local_services(config: FleetConfig) -> list[ServiceConfig]:
     return [s for s in config.services if s.backend == "local"]
 
 
-def _start_replicas(orchestrator: LocalOrchestrator, service: ServiceConfig, say: Progress) -> list[Replica]:
+def desired_replicas(store: Store, service: ServiceConfig) -> int:
+    """The count the last scale action chose (kept within the configured bounds), else the config's `replicas`.
+
+    Without this a later `up` would silently undo an operator's scale.
+    """
+    chosen = (store.get_kv(f"desired:{service.name}") or {}).get("replicas")
+    if isinstance(chosen, int) and service.min_replicas <= chosen <= service.max_replicas:
+        return chosen
+    return service.replicas
+
+
+def _start_replicas(
+    orchestrator: LocalOrchestrator, service: ServiceConfig, desired: int, say: Progress
+) -> list[Replica]:
     live = orchestrator.live(service)
-    missing = max(0, service.replicas - len(live))
+    missing = max(0, desired - len(live))
     say(f"{service.name}: {len(live)} replica(s) running, starting {missing}")
     started = [orchestrator.start(service) for _ in range(missing)]
     for replica in started:
@@ -245,7 +258,7 @@ def up(
         dsn = service.env.get("DATABASE_URL")
         if dsn and ensure_database(dsn):
             say(f"created database {conninfo.conninfo_to_dict(dsn).get('dbname')}")
-        _start_replicas(orchestrator, service, say)
+        _start_replicas(orchestrator, service, desired_replicas(store, service), say)
 
     if nginx:
         replicas = [r for r in orchestrator.list(config.service(nginx.lb.service)) if r.state in LIVE_STATES]
@@ -297,7 +310,8 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
     orchestrator = LocalOrchestrator(config, store)
     services: dict[str, dict[str, Any]] = {}
     for service in config.services:
-        entry: dict[str, Any] = {"backend": service.backend, "desired": service.replicas, "replicas": []}
+        desired = desired_replicas(store, service)
+        entry: dict[str, Any] = {"backend": service.backend, "desired": desired, "replicas": []}
         if service.backend == "local":
             for replica in orchestrator.list(service):
                 health = orchestrator.probe(service, replica) if replica.state in LIVE_STATES else "down"
