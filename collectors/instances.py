@@ -1,9 +1,10 @@
 """Instance health: poll ``/health`` (and ``/metrics`` when configured) of every replica and static target.
 
 Targets are the store's replica table for every configured service (``<service>/<instance_id>``) plus
-``config.static_targets`` (``<service>/<name>``, service ``static`` by default). One aiohttp ClientSession with a
-keep-alive connector serves every target; the connector's limit bounds the concurrency (DESIGN.md §10: one shared
-httpx client collapses under concurrency, aiohttp does not).
+``config.static_targets`` (``<service>/<name>``, service ``static`` by default). One
+:class:`collectors.http_client.HttpClient` keeps one HTTP/1.1 connection per target alive across cycles; its
+in-flight limit bounds a cycle's concurrency. Not aiohttp: its request machinery cost ~150 µs of CPU per poll, most
+of the collector's budget (DESIGN.md §10; bench/bench_collectors.py measures the cycle against a bare stream loop).
 
 ``normalise_health`` is pure and accepts every shape of DESIGN.md §2: IETF health+json, Spring Boot Actuator,
 NestJS Terminus, the typical Express JSON and a plain-text 200.
@@ -18,10 +19,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from collectors.http_client import HttpClient, HttpError
 from core.config import FleetConfig
 from core.samples import Sample
 
@@ -291,6 +292,7 @@ class InstanceTarget(NamedTuple):
 
 
 _LIVE_STATES = ("starting", "running", "draining")
+_REQUEST_HEADERS = {"User-Agent": "fleetdeck-collector", "Accept": "application/health+json, application/json"}
 
 
 def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any]] | None) -> list[InstanceTarget]:
@@ -341,8 +343,8 @@ class InstanceCollector:
         self.store = store
         self.max_connections = max_connections
         self.fixed_targets = fixed_targets
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._http: HttpClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
         self._cpu_previous: dict[str, tuple[float, float]] = {}
 
     def targets(self) -> list[InstanceTarget]:
@@ -352,43 +354,31 @@ class InstanceCollector:
             return []
         return discover_targets(self.config, self.store.replicas if self.store is not None else None)
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self) -> HttpClient:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections,  # bounds the concurrency of a cycle
-                limit_per_host=4,
-                keepalive_timeout=30,
-                ttl_dns_cache=300,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": "fleetdeck-collector", "Accept": "application/health+json, application/json"},
-            )
-            self._session_loop = loop
-        return self._session
+        if self._http is None or self._http_loop is not loop:
+            # connections belong to the loop that opened them: a new loop (CLI run, restarted scheduler) starts over
+            self._http = HttpClient(headers=_REQUEST_HEADERS, max_in_flight=self.max_connections)
+            self._http_loop = loop
+        return self._http
 
     async def collect(self, target: InstanceTarget) -> list[Sample]:
-        session = self._client()
-        timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        client = self._client()
         ts = time.time()
         started = time.perf_counter()
-        async with session.get(target.base_url + target.health_path, timeout=timeout) as response:
-            body = await response.read()
-            status_code = response.status
-            content_type = response.headers.get("Content-Type")
+        response = await client.get(target.base_url + target.health_path, target.timeout_s)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        reading = normalise_health(status_code, content_type, body)
+        status_code = response.status
+        reading = normalise_health(status_code, response.headers.get("content-type"), response.body)
         key = target.key
+        status = reading.status
+        up_error = None if status != "fail" else f"health {status} (HTTP {status_code})"
         sample = REGISTRY.sample
-        up_error = None if reading.status != "fail" else f"health {reading.status} (HTTP {status_code})"
         out = [
             sample(key, "up", 0 if up_error else 1, ts, text=up_error),
             sample(key, "latency_ms", latency_ms, ts),
             sample(key, "http_status", status_code, ts),
-            sample(key, "health_status", HEALTH_CODES[reading.status], ts, text=reading.status),
+            sample(key, "health_status", HEALTH_CODES[status], ts, text=status),
             sample(key, "health_raw", 1, ts, text=reading.raw),
         ]
         if reading.version is not None:
@@ -404,22 +394,17 @@ class InstanceCollector:
             if value is not None:
                 out.append(sample(key, metric, value, ts))
         if target.metrics_path:
-            out.extend(await self._metrics(session, target, ts, have_rss=reading.memory_rss_bytes is not None))
+            out.extend(await self._metrics(client, target, ts, have_rss=reading.memory_rss_bytes is not None))
         return out
 
-    async def _metrics(
-        self, session: aiohttp.ClientSession, target: InstanceTarget, ts: float, have_rss: bool
-    ) -> list[Sample]:
+    async def _metrics(self, client: HttpClient, target: InstanceTarget, ts: float, have_rss: bool) -> list[Sample]:
         """A missing or broken /metrics page costs the metrics only, never the health reading."""
         try:
-            async with session.get(
-                target.base_url + target.metrics_path, timeout=aiohttp.ClientTimeout(total=target.timeout_s)
-            ) as response:
-                if response.status != 200:
-                    return []
-                text = await response.text()
-            prom = parse_prometheus(text)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            response = await client.get(target.base_url + target.metrics_path, target.timeout_s)
+            if response.status != 200:
+                return []
+            prom = parse_prometheus(response.text())
+        except (HttpError, TimeoutError, ValueError):
             return []
         key = target.key
         sample = REGISTRY.sample
@@ -441,6 +426,7 @@ class InstanceCollector:
         return out
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+        self._http_loop = None
