@@ -13,8 +13,8 @@ A collector is a class with:
 - ``async aclose()``: release connections.
 
 Every collect is a coroutine so all network I/O of all collectors shares one event loop (one thread, see
-scheduler.py). Blocking libraries are not used inside collect: redis.asyncio, psycopg's AsyncConnection and
-aiohttp are.
+scheduler.py). Blocking libraries are not used inside collect: redis.asyncio, psycopg's AsyncConnection, aiohttp and
+collectors/http_client.py are.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class Runner:
             async with deadline:
                 samples = await collector.collect(target)
         except TimeoutError as exc:
-            # ours, or the collector's own (e.g. aiohttp's socket timeout, whose text is more precise)
+            # ours, or the collector's own (e.g. the HTTP client's socket timeout, whose text is more precise)
             error = f"timeout after {limit:g}s" if deadline.expired() else error_text(exc)
         except asyncio.CancelledError:
             current = asyncio.current_task()
