@@ -5,7 +5,8 @@ only ever delays itself. Collect coroutines of every collector run on ONE asynci
 thread (uvloop when installed); a job thread submits its coroutine there and waits for it. Samples go to an
 in-memory queue that a writer job flushes to the Store once a second in one batch (so 1,000 targets cost one
 transaction, not 1,000) and feeds to the alert rules. A refresh job re-reads targets (replicas come and go) and
-adds/removes jobs. Rollup and retention run every ``ROLLUP_EVERY_S``.
+adds/removes jobs. Rollups run every ``ROLLUP_EVERY_S`` (incremental, a few ms) so long-range charts read
+fresh rollups; retention runs every ``RETENTION_EVERY_S``.
 
 Exactly one scheduler per process: :func:`start_embedded` is idempotent and is what the dashboard and the
 ``collect`` verb call. APScheduler job stores are in memory and never shared (DESIGN.md §6).
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL_S = 1.0
 REFRESH_TARGETS_S = 10.0
 FLUSH_EVERY_S = 1.0
-ROLLUP_EVERY_S = 3600.0
+ROLLUP_EVERY_S = 60.0
+RETENTION_EVERY_S = 3600.0
 ROLLUP_FIRST_AFTER_S = 60.0
 
 
@@ -107,6 +109,8 @@ class CollectorScheduler:
         self.collectors = list(collectors) if collectors is not None else build_collectors(config, store)
         self.intervals = intervals or {}
         self.timeout_s = config.collectors.timeout_s
+        # retention first runs with the first rollup, then hourly
+        self.last_retention = float("-inf")
         self.runner = Runner(self.timeout_s)
         self.alerts = AlertEvaluator()
         self.pending: queue.SimpleQueue[list[Sample]] = queue.SimpleQueue()
@@ -234,10 +238,12 @@ class CollectorScheduler:
         started = time.monotonic()
         try:
             self.store.rollup()
-            self.store.apply_retention()
+            if time.monotonic() - self.last_retention >= RETENTION_EVERY_S:
+                self.store.apply_retention()
+                self.last_retention = time.monotonic()
         except Exception as error:
             log.error("rollup/retention: %s", error)
-        log.info("rollup/retention took %.1fs", time.monotonic() - started)
+        log.debug("rollup/retention took %.1fs", time.monotonic() - started)
 
 
 # -- one scheduler per process -----------------------------------------------------------------------------------
