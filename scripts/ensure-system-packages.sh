@@ -14,10 +14,11 @@ declare -A proof=(
   [docker.io]=/usr/sbin/dockerd
   [docker-compose]=/usr/bin/docker-compose
   [debootstrap]=/usr/sbin/debootstrap
+  [poppler-utils]=/usr/bin/pdftotext
 )
 case "$purpose" in
   demo) wanted=(nginx-light) ;;
-  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap) ;;
+  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils) ;;
   *) echo "usage: $0 demo|test" >&2; exit 2 ;;
 esac
 

@@ -1,0 +1,233 @@
+"""Scorecard exports: a self-contained HTML report (Plotly inlined, no CDN) and a PDF printed by headless Chromium.
+
+The HTML must open on an air-gapped laptop years later, so plotly.js is embedded once (≈4.8 MB) and every figure
+refers to it; no external URL is loaded. The PDF is that same HTML printed by Chromium, so both always agree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from actions.scorecard import LEVELS, RunSummary, Scorecard
+from core.store import Fact
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#b7791f", "fail": "#cf222e", "unknown": "#6e7781"}
+LEVEL_COLOURS = {"Bronze": "#a0522d", "Silver": "#8a8f98", "Gold": "#c9a227", None: "#6e7781"}
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+
+def points_figure(card: Scorecard) -> go.Figure:
+    """Earned vs possible points per level."""
+    earned = [sum(r.earned for r in card.results if r.rule.level == lv) for lv in LEVELS]
+    possible = [sum(r.rule.points for r in card.results if r.rule.level == lv) for lv in LEVELS]
+    figure = go.Figure([
+        go.Bar(name="possible", x=list(LEVELS), y=possible, marker_color="#d0d7de"),
+        go.Bar(name="earned", x=list(LEVELS), y=earned, marker_color=[LEVEL_COLOURS[lv] for lv in LEVELS]),
+    ])
+    figure.update_layout(barmode="overlay", title="Points per level", height=300, margin={"t": 40, "b": 30},
+                         yaxis_title="points")
+    return figure
+
+
+def trend_figure(runs: Sequence[RunSummary]) -> go.Figure:
+    """% of points per past run, with the level reached as the marker label."""
+    figure = go.Figure(go.Scatter(
+        x=[time.strftime("%Y-%m-%d %H:%M", time.localtime(r.ts)) for r in runs], y=[r.percent for r in runs],
+        mode="lines+markers+text", text=[r.level or "—" for r in runs], textposition="top center",
+        hovertext=[r.run_id for r in runs], name="score"))
+    figure.update_layout(title="Score over past runs", height=300, yaxis={"range": [0, 105], "title": "% of points"},
+                         margin={"t": 40, "b": 30})
+    return figure
+
+
+def scaling_figure(run: dict[str, Any]) -> go.Figure:
+    """Measured throughput per replica count, the ideal line, the USL fit, and E(n) on a second axis."""
+    steps = run.get("steps", [])
+    ns = [s["replicas"] for s in steps]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=ns, y=[s["throughput"] for s in steps], mode="markers+lines", name="measured X(n)",
+                                marker={"symbol": ["circle" if s.get("in_fit") else "x" for s in steps], "size": 10}))
+    base = next((s["throughput"] for s in steps if s["replicas"] == 1), None)
+    if base:
+        figure.add_trace(go.Scatter(x=ns, y=[n * base for n in ns], mode="lines", name="linear n·X(1)",
+                                    line={"dash": "dot"}))
+    fit = run.get("fit")
+    if fit and ns:
+        grid = [1 + i * (max(ns) - 1) / 40 for i in range(41)] if max(ns) > 1 else [1]
+        lam, sigma, kappa = fit["lam"], fit["sigma"], fit["kappa"]
+        figure.add_trace(go.Scatter(x=grid, y=[lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1)) for n in grid],
+                                    mode="lines", name=f"USL σ={sigma:.3f} κ={kappa:.4f}"))
+    figure.add_trace(go.Bar(x=ns, y=[s.get("efficiency") for s in steps], name="E(n)", yaxis="y2", opacity=0.35))
+    figure.update_layout(title="Scaling efficiency", height=340, xaxis={"title": "replicas", "dtick": 1},
+                         yaxis={"title": "req/s"}, margin={"t": 40, "b": 30},
+                         yaxis2={"title": "E(n)", "overlaying": "y", "side": "right", "range": [0, 1.2]})
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------------ HTML
+
+
+def _status_badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6e7781")
+    return f'<span class="badge status-{html.escape(status)}" style="background:{colour}">{html.escape(status)}</span>'
+
+
+def _figure_div(figure: go.Figure, div_id: str) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                          config={"displaylogo": False, "responsive": True})
+
+
+def render_html(card: Scorecard, facts: Sequence[Fact], runs: Sequence[RunSummary] = (),
+                scaling_run: dict[str, Any] | None = None, title: str = "fleetdeck readiness report") -> str:
+    """One self-contained HTML document: level, score, the rules table with evidence, and the charts."""
+    level = card.level or "none"
+    rows = []
+    for result in card.results:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.ts)) if result.ts else "—"
+        evidence = html.escape(json.dumps(result.evidence, indent=2, sort_keys=True, default=str))
+        rows.append(
+            f"<tr><td>{html.escape(result.rule.level)}</td><td><b>{html.escape(result.rule.title)}</b>"
+            f"<div class='muted'>{html.escape(result.rule.measured_by)}</div></td>"
+            f"<td>{_status_badge(result.status)}</td><td>{html.escape(result.observed)}</td>"
+            f"<td>{result.earned:g}/{result.rule.points}</td><td>{when}</td>"
+            f"<td><details><summary>evidence</summary><pre>{evidence}</pre></details></td></tr>")
+    levels = " ".join(f"{html.escape(lv)} {_status_badge(card.level_status(lv))}" for lv in LEVELS)
+    figures = [_figure_div(points_figure(card), "fig-points")]
+    if len(runs) > 0:
+        figures.append(_figure_div(trend_figure(runs), "fig-trend"))
+    if scaling_run and scaling_run.get("steps"):
+        figures.append(_figure_div(scaling_figure(scaling_run), "fig-scaling"))
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    fact_rows = "".join(
+        f"<tr><td>{html.escape(f.rule)}</td><td>{html.escape(f.target)}</td><td>{_status_badge(f.status)}</td>"
+        f"<td>{html.escape(f.observed)}</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.ts))}</td></tr>"
+        for f in facts)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1f2328; }}
+h1 {{ margin-bottom: 4px; }} .muted {{ color: #57606a; font-size: 12px; }}
+.level {{ display: inline-block; padding: 6px 16px; border-radius: 16px; color: white; font-weight: 700;
+          background: {LEVEL_COLOURS.get(card.level, "#6e7781")}; }}
+.badge {{ display: inline-block; padding: 1px 8px; border-radius: 10px; color: white; font-size: 12px; }}
+table {{ border-collapse: collapse; width: 100%; margin: 12px 0; font-size: 13px; }}
+th, td {{ border-bottom: 1px solid #d0d7de; padding: 6px; text-align: left; vertical-align: top; }}
+pre {{ white-space: pre-wrap; font-size: 11px; max-width: 520px; }}
+.charts > div {{ margin-bottom: 12px; }}
+@media print {{ details > pre {{ display: none; }} .charts > div {{ break-inside: avoid; }} }}
+</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<div class="muted">run {html.escape(card.run_id)} · generated {html.escape(generated)}</div>
+<p><span class="level" id="level-badge">{html.escape(level)}</span>
+&nbsp; <b id="score">{card.percent:.0f}%</b> of points ({card.earned:g}/{card.total}) &nbsp; {levels}</p>
+<h2>Rules</h2>
+<table id="rules"><thead><tr><th>level</th><th>rule</th><th>status</th><th>observed</th><th>points</th>
+<th>time</th><th>evidence</th></tr></thead><tbody>
+{"".join(rows)}
+</tbody></table>
+<h2>Charts</h2>
+<div class="charts">{"".join(figures)}</div>
+<h2>Facts of this run</h2>
+<table id="facts"><thead><tr><th>rule</th><th>target</th><th>status</th><th>observed</th><th>time</th></tr></thead>
+<tbody>{fact_rows}</tbody></table>
+</body></html>
+"""
+
+
+# ------------------------------------------------------------------------------------------------------- PDF
+
+
+class PdfError(RuntimeError):
+    """Chromium could not print the report; the message carries its exit code and stderr tail."""
+
+
+def print_pdf(html_text: str, pdf_path: str | os.PathLike[str], timeout_s: float = 60.0,
+              chromium: str = CHROMIUM) -> Path:
+    """Prints the HTML to `pdf_path` with headless Chromium; the browser is killed by its PID on timeout."""
+    target = Path(pdf_path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fleetdeck-pdf-") as workdir:
+        source = Path(workdir) / "report.html"
+        source.write_text(html_text, encoding="utf-8")
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={workdir}/profile", "--no-pdf-header-footer",
+                   # lets Plotly draw before printing: virtual time runs the page's timers without real waiting
+                   "--virtual-time-budget=10000", f"--print-to-pdf={target}", source.as_uri()]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                   env={**os.environ, "HOME": workdir})
+        try:
+            _, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the renderer children go with it
+            process.communicate()
+            raise PdfError(f"chromium did not print within {timeout_s:g}s") from None
+        if process.returncode != 0 or not target.exists() or target.stat().st_size == 0:
+            tail = stderr.decode(errors="replace")[-800:]
+            raise PdfError(f"chromium exited {process.returncode} without a PDF: {tail}")
+    return target
+
+
+def pdf_bytes(html_text: str, timeout_s: float = 60.0) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="fleetdeck-pdf-out-") as out:
+        return print_pdf(html_text, Path(out) / "report.pdf", timeout_s).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ live test-run charts
+
+
+def run_timeline_figures(doc: dict[str, Any]) -> tuple[go.Figure, go.Figure]:
+    """Throughput and p95 over a test run's timeline (scaling runs: one colour per replica count)."""
+    timeline = doc.get("timeline") or []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for point in timeline:
+        key = f"{point['replicas']} replica(s)" if point.get("replicas") is not None else "load"
+        groups.setdefault(key, []).append(point)
+    throughput, latency = go.Figure(), go.Figure()
+    for name, points in groups.items():
+        xs = list(range(len(points))) if len(groups) > 1 else [p["elapsed_s"] for p in points]
+        throughput.add_trace(go.Scatter(x=xs, y=[p["rps"] for p in points], mode="lines", name=name))
+        latency.add_trace(go.Scatter(x=xs, y=[p["p95_ms"] for p in points], mode="lines", name=name))
+    x_title = "seconds" if len(groups) <= 1 else "progress tick (0.5 s)"
+    throughput.update_layout(title="Throughput", height=280, yaxis_title="req/s", xaxis_title=x_title,
+                             margin={"t": 40, "b": 30})
+    latency.update_layout(title="p95 latency", height=280, yaxis_title="ms", xaxis_title=x_title,
+                          margin={"t": 40, "b": 30})
+    return throughput, latency
+
+
+def instances_figure(doc: dict[str, Any]) -> go.Figure | None:
+    """Responses per instance: the load result's, or one bar group per scaling step."""
+    figure = go.Figure()
+    steps = doc.get("steps") or []
+    if steps:
+        for step in steps:
+            names = sorted(step.get("instances", {}))
+            figure.add_trace(go.Bar(x=names, y=[step["instances"][n] for n in names],
+                                    name=f"{step['replicas']} replica(s)"))
+    else:
+        result = doc.get("result") or {}
+        instances = result.get("instances") or {}
+        if not instances:
+            return None
+        names = sorted(instances)
+        figure.add_trace(go.Bar(x=names, y=[instances[n] for n in names], name="responses"))
+    figure.update_layout(title="Responses per instance", height=280, barmode="group", margin={"t": 40, "b": 30})
+    return figure

@@ -1,0 +1,115 @@
+"""Scaling tests: start a load or scaling test, watch it live, cancel it; past runs with their results.
+
+The run itself lives in a background thread owned by actions/testruns.py, which writes progress to the store;
+this page only reads those documents (and writes a cancel request), so a rerun or another session sees the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from actions import report, testruns
+from actions.auth import allowed
+from dashboard import auth_gate, ui
+
+config = ui.fleet_config()
+store = ui.store()
+principal = auth_gate.current_principal() or auth_gate.ANONYMOUS
+may_run = allowed(principal, "start_test")
+SELECTED_KEY = "fd_testrun_selected"
+
+st.title("Scaling tests")
+
+with st.expander("Start a test", expanded=not testruns.list_runs(store, limit=1), icon=":material/play_arrow:"):
+    kind = st.segmented_control("Test", ["load", "scaling"], default="load", key="fd_test_kind") or "load"
+    params: dict[str, object] = {}
+    left, middle, right = st.columns(3)
+    if kind == "load":
+        shape = left.selectbox("Shape", ["constant", "ramp", "closed loop"], key="fd_test_shape")
+        duration = middle.number_input("Duration (s)", 1.0, 600.0, 10.0, 1.0, key="fd_test_duration")
+        rate = right.number_input("Rate (req/s; ramp: final rate)", 1.0, 20000.0, 200.0, 10.0, key="fd_test_rate")
+        path = left.text_input("Path behind the load balancer", "/work/echo", key="fd_test_path")
+        connections = middle.number_input("Connections", 1, 512, 16, key="fd_test_conns")
+        params = {"path": path, "duration_s": duration, "connections": int(connections)}
+        if shape == "constant":
+            params["rate"] = rate
+        elif shape == "ramp":
+            params["shape"] = f"ramp:1:{rate:g}:{duration:g}"
+    else:
+        service = config.service(config.load_balancer.service) if config.load_balancer else config.services[0]
+        top = left.number_input("Up to N replicas", 2, service.max_replicas, min(3, service.max_replicas),
+                                key="fd_test_n")
+        step = middle.number_input("Seconds per step", 1.0, 120.0, 5.0, 1.0, key="fd_test_step")
+        connections = right.number_input("Connections", 1, 512, 16, key="fd_test_sconns")
+        path = left.text_input("Request", "/work/cpu?ms=2", key="fd_test_spath")
+        params = {"max_replicas": int(top), "step_seconds": step, "connections": int(connections), "path": path}
+        st.caption("Scales the service to 1, 2, …, N through the audited actions, runs the same load at each step, "
+                   "then restores the current replica count (also on cancel or failure).")
+    if st.button("Start", type="primary", disabled=not may_run, icon=":material/play_arrow:",
+                 help=None if may_run else f"needs the operator role (you are {principal.role})"):
+        try:
+            st.session_state[SELECTED_KEY] = testruns.start(config, store, principal, kind, params)
+        except Exception as error:  # refused, bad parameters: say so, don't crash the page
+            st.error(f"Could not start: {error}")
+
+
+def _selected_run() -> dict | None:
+    run_id = st.session_state.get(SELECTED_KEY)
+    if run_id:
+        return testruns.get_run(store, run_id)
+    runs = testruns.list_runs(store, limit=1)
+    return runs[0] if runs else None
+
+
+@st.fragment(run_every=1)
+def live_panel() -> None:
+    doc = _selected_run()
+    if doc is None:
+        st.info("No test has run yet.")
+        return
+    running = doc["state"] == "running"
+    head, button = st.columns([4, 1])
+    verdict = "" if doc.get("passed") is None else (" · :green[pass]" if doc["passed"] else " · :red[not passed]")
+    head.markdown(f"**{doc['kind']}** run `{doc['run_id']}` by {doc.get('who', '?')} — **{doc['state']}**{verdict}")
+    if running and button.button("Cancel", icon=":material/stop:", disabled=not allowed(principal, "stop_test")):
+        testruns.request_cancel(store, doc["run_id"], principal.name)
+    st.progress(float(doc.get("progress") or 0.0), text=doc.get("message") or "")
+    if running and time.time() - doc.get("updated_at", 0) > 30:
+        st.warning("No progress for 30 s: the process running this test may have stopped.")
+    throughput, latency = report.run_timeline_figures(doc)
+    left, right = st.columns(2)
+    left.plotly_chart(throughput, key="fd_live_tp")
+    right.plotly_chart(latency, key="fd_live_lat")
+    instances = report.instances_figure(doc)
+    if instances is not None:
+        st.plotly_chart(instances, key="fd_live_inst")
+    result = doc.get("result") or {}
+    if doc["kind"] == "scaling" and result.get("steps"):
+        st.plotly_chart(report.scaling_figure(result), key="fd_live_usl")
+        frame = pd.DataFrame(result["steps"])[["replicas", "throughput", "p95_ms", "efficiency", "generator_cpu",
+                                               "in_fit", "errors"]]
+        st.dataframe(frame, hide_index=True)
+        st.caption(f"restored to {result.get('original_replicas')} replica(s): {result.get('restored')}"
+                   f" — {result.get('restore_detail')}")
+    if doc.get("error"):
+        st.error(doc["error"])
+
+
+live_panel()
+
+st.subheader("Past runs")
+past = testruns.list_runs(store, limit=50)
+if past:
+    frame = pd.DataFrame([{
+        "run": d["run_id"], "kind": d["kind"], "state": d["state"], "passed": d.get("passed"),
+        "started": pd.to_datetime(d["started_at"], unit="s"), "who": d.get("who"), "summary": d.get("message"),
+    } for d in past])
+    chosen = st.dataframe(frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="fd_runs")
+    rows = chosen.selection.rows if chosen is not None else []
+    if rows:
+        st.session_state[SELECTED_KEY] = past[rows[0]]["run_id"]
+else:
+    st.caption("No runs yet.")

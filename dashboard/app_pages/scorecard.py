@@ -1,0 +1,92 @@
+"""Scorecard (for managers): the level reached, % of points, every rule with its evidence, the trend, exports.
+
+All scoring lives in actions/scorecard.py and all rendering of exports in actions/report.py; this page only
+picks a run and shows what those return.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from actions import report, scorecard, testruns
+from actions.auth import allowed
+from actions.readiness import RUN_PREFIX
+from actions.scaling import latest_scaling_run
+from dashboard import auth_gate, ui
+
+config = ui.fleet_config()
+store = ui.store()
+principal = auth_gate.current_principal() or auth_gate.ANONYMOUS
+service = config.load_balancer.service if config.load_balancer else config.services[0].name
+
+st.title("Readiness scorecard")
+
+top_left, top_right = st.columns([3, 1])
+if top_right.button("Run readiness now", icon=":material/fact_check:", disabled=not allowed(principal, "start_test"),
+                    help="runs every rule against the live fleet (restarts and drains one instance)"):
+    run_id = testruns.start(config, store, principal, "readiness", {"rules": "all"})
+    st.toast(f"readiness run {run_id} started; it appears here when its first rule is measured")
+
+all_facts = store.facts()
+runs = scorecard.history(all_facts, RUN_PREFIX)
+if not runs:
+    st.info("No readiness run yet. Start one here or with `./fleetdeck test readiness`.")
+    st.stop()
+
+labels = {r.run_id: f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r.ts))} · {r.level or 'no level'} · "
+                    f"{r.percent:.0f}% · {r.run_id}" for r in reversed(runs)}
+run_id = top_left.selectbox("Run", list(labels), format_func=labels.get)
+facts = [f for f in all_facts if f.run_id == run_id]
+card = scorecard.score(facts, run_id)
+
+badge = {"Gold": ":orange-badge", "Silver": ":gray-badge", "Bronze": ":red-badge"}.get(card.level or "",
+                                                                                     ":gray-badge")
+level_cells = st.columns(len(scorecard.LEVELS) + 2)
+level_cells[0].markdown(f"## {badge}[{card.level or 'no level'}]")
+level_cells[1].metric("Points", f"{card.percent:.0f}%", help=f"{card.earned:g} of {card.total} points")
+icons = {"pass": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/cancel:",
+         "unknown": ":material/help:"}
+for cell, level in zip(level_cells[2:], scorecard.LEVELS, strict=True):
+    status = card.level_status(level)
+    cell.metric(level, status, help="reached only when all its rules and all lower levels' rules pass")
+
+table = pd.DataFrame([{
+    "level": r.rule.level, "rule": r.rule.title, "status": f"{icons[r.status]} {r.status}", "observed": r.observed,
+    "points": f"{r.earned:g}/{r.rule.points}",
+    "time": pd.to_datetime(r.ts, unit="s") if r.ts else None, "measured by": r.rule.measured_by,
+} for r in card.results])
+st.dataframe(table, hide_index=True)
+
+with st.expander("Evidence", icon=":material/search:"):
+    for result in card.results:
+        st.markdown(f"**{result.rule.title}** — {result.status}")
+        st.json(result.evidence, expanded=False)
+
+left, right = st.columns(2)
+left.plotly_chart(report.trend_figure(runs), key="fd_sc_trend")
+right.plotly_chart(report.points_figure(card), key="fd_sc_points")
+scaling_run = latest_scaling_run(store, service)
+if scaling_run and scaling_run.get("steps"):
+    st.plotly_chart(report.scaling_figure(scaling_run), key="fd_sc_scaling")
+
+st.subheader("Export")
+csv_col, html_col, pdf_col = st.columns(3)
+csv_col.download_button("Facts (CSV)", scorecard.facts_csv(facts), f"{run_id}.csv", "text/csv",
+                        icon=":material/table:")
+html_text = report.render_html(card, facts, runs, scaling_run)
+html_col.download_button("Report (HTML)", html_text, f"{run_id}.html", "text/html", icon=":material/description:")
+pdf_key = f"fd_pdf_{run_id}"
+if pdf_key not in st.session_state:
+    if pdf_col.button("Prepare PDF", icon=":material/picture_as_pdf:"):
+        with st.spinner("printing with headless Chromium…"):
+            try:
+                st.session_state[pdf_key] = report.pdf_bytes(html_text)
+            except report.PdfError as error:
+                st.error(str(error))
+        st.rerun()
+else:
+    pdf_col.download_button("Report (PDF)", st.session_state[pdf_key], f"{run_id}.pdf", "application/pdf",
+                            icon=":material/picture_as_pdf:")

@@ -1,0 +1,124 @@
+"""The scaling test on a real fleet: 1→3 replicas through the actions layer, the same load at each step, E(n)
+stored per step, the replica count restored — also when the run is cancelled midway (through testruns, the way
+the dashboard runs it). The CLI gate is exercised on the same fleet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from actions import fleet, testruns
+from actions.auth import Principal
+from actions.base import LIVE_STATES
+from actions.local import LocalOrchestrator
+from actions.scaling import ScalingOptions, latest_scaling_run, run_key, run_scaling
+from core.config import FleetConfig, parse_config
+from core.store import Store
+from tests.support import REPO_ROOT, free_port, free_port_block, unique_name
+from tests.support_load import action_fleet_config
+
+TESTER = Principal("scaling-tester", "operator", "cli")
+
+
+@pytest.fixture(scope="module")
+def fleet_setup(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
+                redis_url: str) -> Iterator[tuple[FleetConfig, Path]]:
+    base = tmp_path_factory.mktemp("scaling")
+    data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
+    data["store"] = {"url": f"sqlite:///{base}/store.db"}
+    config_file = base / "fleet.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    config = parse_config(data, str(config_file), base)
+    fleet.up(config, dashboard=False)
+    try:
+        yield config, config_file
+    finally:
+        fleet.down(config)
+
+
+@pytest.fixture(scope="module")
+def config(fleet_setup: tuple[FleetConfig, Path]) -> FleetConfig:
+    return fleet_setup[0]
+
+
+def live_count(config: FleetConfig, store: Store) -> int:
+    service = config.service("web")
+    return sum(1 for r in LocalOrchestrator(config, store).list(service) if r.state in LIVE_STATES)
+
+
+def test_scaling_run_measures_each_step_and_restores(config: FleetConfig) -> None:
+    store = Store(config.store_url)
+    assert live_count(config, store) == 3
+    events: list[dict] = []
+    report = run_scaling(config, store, TESTER, ScalingOptions(max_replicas=3, step_seconds=1.5, connections=8),
+                         progress=events.append)
+    assert report.state == "done", report.error
+    assert [s["replicas"] for s in report.steps] == [1, 2, 3]
+    for step in report.steps:
+        assert step["throughput"] > 0 and step["requests"] > 0
+        assert step["p95_ms"] is not None and 0 <= step["generator_cpu"] <= 2
+        # the load really went through the LB to that many instances
+        assert len(step["instances"]) == step["replicas"], step["instances"]
+        if step["in_fit"]:
+            assert step["efficiency"] == pytest.approx(step["throughput"] / (step["replicas"]
+                                                                             * report.steps[0]["throughput"]))
+    assert report.steps[0]["efficiency"] == pytest.approx(1.0)
+    assert report.restored and live_count(config, store) == 3
+    stored = store.get_kv(run_key(report.run_id))
+    assert stored is not None and stored["state"] == "done" and len(stored["steps"]) == 3
+    assert latest_scaling_run(store, "web")["run_id"] == report.run_id  # type: ignore[index]
+    fact = store.facts(run_id=report.run_id, rule="linear_scaling")
+    assert len(fact) == 1 and fact[0].status in ("pass", "fail", "unknown")
+    if report.fit:
+        assert report.fit["sigma"] >= 0 and report.fit["kappa"] >= 0
+    assert {e["phase"] for e in events} >= {"scaling", "load", "step_done", "restoring", "finished"}
+    # the scaling went through the audited actions layer
+    assert [a.params["replicas"] for a in store.audit(action="scale") if a.result == "ok"][:3] == [1, 2, 3]
+
+
+def test_cancelled_run_restores_the_replica_count(config: FleetConfig) -> None:
+    store = Store(config.store_url)
+    run_id = testruns.start(config, store, TESTER, "scaling",
+                            {"max_replicas": 3, "step_seconds": 20.0, "connections": 4})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        doc = testruns.get_run(store, run_id)
+        if doc and doc["timeline"]:  # the first load step is running (at 1 replica)
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the scaling run never started its load: {testruns.get_run(store, run_id)}")
+    assert live_count(config, store) == 1
+    testruns.request_cancel(store, run_id, "test")
+    assert testruns.wait(run_id, 60), "the cancelled run did not end"
+    doc = testruns.get_run(store, run_id)
+    assert doc is not None and doc["state"] == "cancelled", doc
+    assert doc["result"]["restored"] is True, doc["result"]
+    assert live_count(config, store) == 3
+    assert doc in testruns.list_runs(store, kind="scaling")
+
+
+def test_cli_gate_exit_codes(fleet_setup: tuple[FleetConfig, Path]) -> None:
+    _, config_file = fleet_setup
+    command = [str(Path(REPO_ROOT) / "fleetdeck"), "--config", str(config_file), "test"]
+    ok = subprocess.run([*command, "readiness", "--rules", "bronze", "--json"], capture_output=True, text=True,
+                        timeout=90)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["passed"] and {f["rule"] for f in doc["result"]["facts"]} == {
+        "lb_health_checks", "stateless_sessions", "no_local_disk_uploads"}
+    # a load test whose threshold cannot be met must fail the gate: p95 under 0.001 ms is impossible
+    strict = subprocess.run([*command, "load", "--duration", "1", "--rate", "50", "--max-p95-ms", "0.001"],
+                            capture_output=True, text=True, timeout=60)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "NOT PASSED" in strict.stdout
+    relaxed = subprocess.run([*command, "load", "--duration", "1", "--rate", "50", "--json"], capture_output=True,
+                             text=True, timeout=60)
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert json.loads(relaxed.stdout)["result"]["requests"] >= 40

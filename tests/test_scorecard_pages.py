@@ -1,0 +1,93 @@
+"""The Scorecard and Scaling tests pages under Streamlit's AppTest, on a SQLite store seeded with facts, a
+scaling run and test-run documents (the pages only read the store; the figures are tested in test_scorecard)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from actions import testruns
+from actions.scaling import latest_key, run_key
+from actions.scorecard import RULES
+from core.store import Fact, Store
+
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "app_pages"
+TIMEOUT_S = 60
+
+
+def seeded_config(directory: Path, with_data: bool) -> Path:
+    config = directory / "fleet.yaml"
+    config.write_text(f"""
+state_dir: {directory / "run"}
+services:
+  - name: web
+    command: "true {{port}} {{instance_id}}"
+    ports: {{start: 20000, end: 20010}}
+store: {{url: "sqlite:///{directory / "fleetdeck.db"}"}}
+dashboard: {{embedded_collector: false}}
+""")
+    store = Store(f"sqlite:///{directory / 'fleetdeck.db'}")
+    if with_data:
+        now = time.time()
+        for run, offset, failing in (("readiness-old", 7200, {"stateless_sessions"}), ("readiness-new", 0, set())):
+            for index, rule in enumerate(RULES):
+                status = "fail" if rule.id in failing else ("pass" if rule.level != "Gold" else "warn")
+                store.add_fact(Fact(None, run, rule.id, rule.level, "web", now - offset + index, status,
+                                    f"observed {rule.id}", {"n": index}))
+        steps = [{"replicas": 1, "throughput": 400.0, "p95_ms": 30.0, "efficiency": 1.0, "generator_cpu": 0.2,
+                  "in_fit": True, "errors": 0, "instances": {"web-1": 800}},
+                 {"replicas": 2, "throughput": 700.0, "p95_ms": 25.0, "efficiency": 0.875, "generator_cpu": 0.3,
+                  "in_fit": True, "errors": 0, "instances": {"web-1": 700, "web-2": 700}}]
+        scaling = {"run_id": "scaling-x", "state": "done", "steps": steps, "original_replicas": 3, "restored": True,
+                   "restore_detail": "ok", "fit": {"lam": 400.0, "sigma": 0.14, "kappa": 0.0, "peak_n": None}}
+        store.put_kv(run_key("scaling-x"), scaling)
+        store.put_kv(latest_key("web"), {"run_id": "scaling-x"})
+        recorder = testruns.Recorder(store, "scaling-20250101-000000-abcdef", "scaling", {"max_replicas": 2}, "alice")
+        for tick in range(6):
+            recorder.point({"elapsed_s": tick * 0.5, "rps": 400.0 + tick, "p95_ms": 20.0, "errors": 0,
+                            "requests": tick * 200, "replicas": 1 + tick // 3})
+        recorder.finish("done", result=scaling, steps=steps, passed=True, progress=1.0, message="done: pass")
+    store.close()
+    return config
+
+
+@pytest.fixture
+def open_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    def run(page: str, with_data: bool = True) -> AppTest:
+        monkeypatch.setenv("FLEETDECK_CONFIG", str(seeded_config(tmp_path, with_data)))
+        return AppTest.from_file(str(PAGES / f"{page}.py"), default_timeout=TIMEOUT_S).run()
+
+    return run
+
+
+def test_scorecard_page_shows_level_rules_and_exports(open_page) -> None:  # type: ignore[no-untyped-def]
+    app = open_page("scorecard")
+    assert not app.exception, app.exception
+    markdown = " ".join(m.value for m in app.markdown)
+    assert "Silver" in markdown  # newest run: Bronze+Silver pass, Gold warns
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Points"] == f"{round(100 * (sum(r.points for r in RULES if r.level != 'Gold') + 30) / 135)}%"
+    assert metrics["Gold"] == "warn" and metrics["Bronze"] == "pass"
+    frame = app.dataframe[0].value
+    assert len(frame) == len(RULES)
+    assert "readiness-new" in app.selectbox[0].value
+
+
+def test_scorecard_page_without_runs(open_page) -> None:  # type: ignore[no-untyped-def]
+    app = open_page("scorecard", with_data=False)
+    assert not app.exception
+    assert "No readiness run yet" in " ".join(i.value for i in app.info)
+
+
+def test_scaling_tests_page_shows_the_last_run(open_page) -> None:  # type: ignore[no-untyped-def]
+    app = open_page("scaling_tests")
+    assert not app.exception, app.exception
+    markdown = " ".join(m.value for m in app.markdown)
+    assert "scaling-20250101-000000-abcdef" in markdown and "done" in markdown
+    steps = app.dataframe[0].value
+    assert list(steps["replicas"]) == [1, 2]
+    # the viewer (nobody logged in) cannot start a test
+    assert next(b for b in app.button if b.label == "Start").disabled
