@@ -1,0 +1,46 @@
+"""fleetdeck dashboard: `streamlit run dashboard/app.py` (config from FLEETDECK_CONFIG, else ./fleet.yaml).
+
+The router: page list, shared sidebar (time range, auto-refresh), embedded collectors. Pages live in app_pages/
+(not pages/, which would switch on Streamlit's legacy multipage discovery).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the repository root the packages live in
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import ui  # noqa: E402
+
+PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+
+
+def main() -> None:
+    st.set_page_config(page_title="fleetdeck", page_icon=":material/dns:", layout="wide")
+    page = st.navigation(
+        {
+            "Fleet": [
+                st.Page(PAGES_DIR / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+                st.Page(PAGES_DIR / "instances.py", title="Instances", icon=":material/dns:"),
+                st.Page(PAGES_DIR / "load_balancer.py", title="Load balancer", icon=":material/alt_route:"),
+            ],
+            "Backing services": [
+                st.Page(PAGES_DIR / "queues.py", title="Queues", icon=":material/queue:"),
+                st.Page(PAGES_DIR / "database.py", title="Database", icon=":material/database:"),
+                st.Page(PAGES_DIR / "redis.py", title="Redis", icon=":material/memory:"),
+            ],
+        }
+    )
+    ui.fleet_config()  # a broken config stops here with the file and key named
+    ui.sidebar_controls()
+    ui.start_embedded_collectors()
+    page.run()
+
+
+main()

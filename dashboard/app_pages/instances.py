@@ -1,0 +1,82 @@
+"""Instances: every replica's health in one sortable table, and one replica in detail."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import queries, ranges, ui
+from dashboard.instance_actions import render_instance_actions
+
+config = ui.fleet_config()
+store = ui.store()
+STATUS_BADGE = {"UP": "green", "WARN": "orange", "DRAINING": "orange", "FAIL": "red", "DOWN": "red",
+                "STALE": "red", "UNKNOWN": "gray"}
+
+st.title("Instances")
+
+
+@ui.live
+def instances_panel() -> None:
+    data = ui.panel_data(store)
+    stale = ui.stale_after(config, "instance")
+    ui.freshness(store, "instance", data.now, stale)
+    frame = queries.instances_table(store, data.now, data.window, stale)
+    if frame.empty:
+        ui.no_data("instance")
+        return
+    # badges are real DOM text ("web/web-1 DOWN"), so a browser test (or a human) can find a dead replica
+    st.markdown("  ".join(f"`{row.instance}` :{STATUS_BADGE.get(row.status, 'gray')}-badge[{row.status}]"
+                          for row in frame.itertuples()))
+    ui.table(frame, "instances", "instances", status_column="status", formats={
+        "latency_ms": "{:.0f} ms", "memory_mb": "{:.0f} MB", "cpu_percent": "{:.1f} %", "loop_lag_ms": "{:.1f} ms",
+        "in_flight": "{:.0f}", "pool_total": "{:.0f}", "pool_idle": "{:.0f}", "pool_waiting": "{:.0f}",
+        "uptime_min": "{:.0f} min", "last_scraped_s": "{:.0f} s ago",
+    }, column_config={
+        "latency_ms": "latency", "memory_mb": "memory", "cpu_percent": "CPU", "loop_lag_ms": "loop lag",
+        "in_flight": "in flight", "pool_total": "pool total", "pool_idle": "pool idle", "pool_waiting": "pool waiting",
+        "uptime_min": "uptime", "last_scraped_s": "last scraped",
+    })
+
+
+instances_panel()
+
+st.subheader("Instance detail")
+targets = sorted(row.series.target for row in store.latest(source="instance", metric="up"))
+if not targets:
+    st.caption("Instances appear here once the collectors have scraped them.")
+else:
+    selected = st.selectbox("Instance", targets, key="fd_instance")
+    # ACTION HOOK: the actions issue fills this container (dashboard/instance_actions.py)
+    actions_slot = st.container()
+    render_instance_actions(actions_slot, config, store, selected)
+
+    @ui.live
+    def detail_panel(target: str) -> None:
+        data = ui.panel_data(store)
+        detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"))
+        colour = STATUS_BADGE.get(detail.status, "gray")
+        st.markdown(f"**{target}** :{colour}-badge[{detail.status}]")
+        st.caption(ranges.freshness(detail.last_ts, data.now))
+        if detail.error:
+            last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
+                       f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
+            st.error(f"Last error: {detail.error} — {last_ok}", icon=":material/error:")
+        left, right = st.columns([1, 2])
+        with left:
+            st.markdown("**Health response**")
+            if detail.health_json is None:
+                st.caption("No health body stored yet.")
+            elif isinstance(detail.health_json, dict | list):
+                st.json(detail.health_json, expanded=1)
+            else:
+                st.code(str(detail.health_json))
+            st.markdown("**Recent events**")
+            if detail.events:
+                for event in reversed(detail.events[-10:]):
+                    st.caption(f"{ranges.format_clock(event.ts)} · {event.kind} · {event.message}")
+            else:
+                st.caption("No events for this instance in the range.")
+        with right:
+            ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
+
+    detail_panel(selected)

@@ -1,0 +1,67 @@
+"""Load balancer: each upstream server's state and traffic, nginx totals, the upstream block in force."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboard import queries, ranges, ui
+
+config = ui.fleet_config()
+store = ui.store()
+
+st.title("Load balancer")
+
+
+@ui.live
+def servers_panel() -> None:
+    data = ui.panel_data(store)
+    ui.freshness(store, "nginx", data.now, ui.stale_after(config, "nginx"))
+    ui.unreachable(queries.unreachable(store, "nginx"), data.now)
+    totals = queries.lb_totals(store)
+    servers = queries.lb_servers_table(store, data.now, data.window)
+    if not totals and servers.empty:
+        ui.no_data("nginx")
+        return
+    for target, values in totals.items():
+        st.markdown(f"**{target}**")
+        ui.tiles([
+            queries.Tile("Requests/s", queries.fmt(values["requests_per_s"], ".1f"), values["requests_per_s"], ""),
+            queries.Tile("Active connections", queries.fmt(values["active"], ".0f"), values["active"], ""),
+            queries.Tile("Reading / writing / waiting",
+                         " / ".join(queries.fmt(values[k], ".0f") for k in ("reading", "writing", "waiting")),
+                         values["waiting"], "client connections by phase (stub_status)"),
+            queries.Tile("Accepted / handled",
+                         " / ".join(queries.fmt(values[k], ".0f") for k in ("accepts", "handled")),
+                         values["handled"], "a gap means nginx dropped connections (worker_connections)",
+                         bad=(values["accepts"] or 0) > (values["handled"] or 0)),
+        ])
+    if not servers.empty:
+        ui.table(servers, "upstream servers", "upstream-servers", status_column="state", formats={
+            "requests_per_s": "{:.1f}", "status_4xx_per_s": "{:.2f}", "status_5xx_per_s": "{:.2f}",
+            "p50_ms": "{:.0f} ms", "p95_ms": "{:.0f} ms", "failed_attempts": "{:.0f}", "last_seen_s": "{:.0f} s ago",
+        }, column_config={
+            "requests_per_s": "req/s", "status_4xx_per_s": "4xx/s", "status_5xx_per_s": "5xx/s", "p50_ms": "p50",
+            "p95_ms": "p95", "failed_attempts": "failed attempts", "last_seen_s": "last seen",
+        })
+    ui.charts_grid(queries.lb_charts(store, data.window), data, key_prefix="lb")
+
+
+servers_panel()
+
+st.subheader("Upstream block in force")
+nginx_dir = config.state_path / "nginx"
+upstream_conf = nginx_dir / "upstream.conf"
+upstream_json = nginx_dir / "upstream.json"
+if upstream_conf.is_file():
+    if upstream_json.is_file():
+        try:
+            applied = json.loads(upstream_json.read_text())
+            st.caption(f"Generation {applied.get('generation')} applied at "
+                       f"{ranges.format_clock(applied.get('applied_at'))}")
+        except (OSError, ValueError) as error:
+            st.warning(f"{upstream_json} is unreadable: {error}")
+    st.code(upstream_conf.read_text(), language="nginx")
+else:
+    st.caption(f"No rendered upstream yet ({upstream_conf} does not exist): the managed nginx writes it on start.")

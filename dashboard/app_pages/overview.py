@@ -1,0 +1,29 @@
+"""Overview: the fleet at a glance — tiles for now, charts for the chosen range."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+config = ui.fleet_config()
+store = ui.store()
+
+SOURCES = ("instance", "nginx", "bullmq", "redis", "postgres")
+
+st.title("Overview")
+
+
+@ui.live
+def overview_panel() -> None:
+    data = ui.panel_data(store)
+    ui.freshness_by_source(store, config, SOURCES, data.now)
+    for source in SOURCES:
+        ui.unreachable(queries.unreachable(store, source), data.now)
+    if not store.find_series(source="instance") and not store.find_series(source="nginx"):
+        ui.no_data("fleet")
+    ui.tiles(queries.overview_tiles(store, ui.stale_after(config, "instance")))
+    ui.charts_grid(queries.overview_charts(store, data.window), data, key_prefix="overview")
+
+
+overview_panel()

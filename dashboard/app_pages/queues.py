@@ -1,0 +1,61 @@
+"""Queues: every BullMQ queue × state with its trend, workers per queue, one queue in detail."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import queries, ranges, ui
+
+config = ui.fleet_config()
+store = ui.store()
+
+st.title("Queues")
+
+
+@ui.live
+def queues_panel() -> None:
+    data = ui.panel_data(store)
+    ui.freshness(store, "bullmq", data.now, ui.stale_after(config, "bullmq"))
+    ui.unreachable(queries.unreachable(store, "bullmq"), data.now)
+    workers = queries.queue_workers(store)
+    if not workers:
+        ui.no_data("queue")
+        return
+    st.markdown("**Workers per queue**")
+    badges = []
+    for queue in workers:
+        if queue.workers == 0:
+            badge = ":red-badge[no workers]"
+        else:
+            badge = f":green-badge[{queue.workers} worker{'s' if queue.workers != 1 else ''}]"
+        paused = " :gray-badge[paused]" if queue.paused else ""
+        badges.append(f"`{queue.queue}` {badge}{paused}")
+    st.markdown("  ".join(badges))
+    for queue in workers:
+        if queue.starving:
+            age = ranges.format_duration(queue.oldest_waiting_age_s)
+            st.error(f"**{queue.queue}**: {queue.waiting} jobs waiting (oldest {age}) and no worker is consuming.",
+                     icon=":material/report:")
+    frame = queries.queues_table(store, data.window)
+    ui.table(frame, "queue states", "queues", column_config={
+        "count": st.column_config.NumberColumn("now", format="%d"),
+        "trend": st.column_config.LineChartColumn(f"last {ui.range_label()}", y_min=0),
+    })
+
+
+queues_panel()
+
+st.subheader("Queue detail")
+queue_names = [q.queue for q in queries.queue_workers(store)]
+if queue_names:
+    selected = st.selectbox("Queue", queue_names, key="fd_queue")
+
+    @ui.live
+    def queue_detail(queue: str) -> None:
+        data = ui.panel_data(store)
+        ui.freshness(store, "bullmq", data.now, ui.stale_after(config, "bullmq"))
+        ui.charts_grid(queries.queue_charts(store, data.window, queue), data, key_prefix=f"queue-{queue}")
+
+    queue_detail(selected)
+else:
+    st.caption("Queues appear here once the bullmq collector has found them.")

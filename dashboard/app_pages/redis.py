@@ -1,0 +1,37 @@
+"""Redis: memory against maxmemory, clients, throughput, evictions, and the eviction policy BullMQ needs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import figures, queries, ui
+
+config = ui.fleet_config()
+store = ui.store()
+
+st.title("Redis")
+
+
+@ui.live
+def redis_panel() -> None:
+    data = ui.panel_data(store)
+    ui.freshness(store, "redis", data.now, ui.stale_after(config, "redis"))
+    ui.unreachable(queries.unreachable(store, "redis"), data.now)
+    targets = queries.redis_targets(store)
+    if not targets:
+        ui.no_data("Redis")
+        return
+    for target in targets:
+        view = queries.redis_view(store, target, data.window)
+        st.subheader(target)
+        if view.policy_ok is False:
+            st.warning(f"maxmemory-policy is **{view.policy or 'not noeviction'}**: BullMQ needs `noeviction`, "
+                       "otherwise Redis may evict queue keys and jobs vanish.", icon=":material/warning:")
+        ui.tiles(view.tiles, per_row=5)
+        if view.used_memory is not None:
+            st.plotly_chart(figures.usage_bar(view.used_memory, view.maxmemory, "Memory vs maxmemory", 2**20, "MiB"),
+                            theme="streamlit", key=f"mem-{target}")
+        ui.charts_grid(queries.redis_charts(store, data.window, target), data, key_prefix=f"redis-{target}")
+
+
+redis_panel()

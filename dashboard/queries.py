@@ -1,0 +1,674 @@
+"""What each page shows, computed from the Store: tiles, tables and chart traces. No Streamlit here.
+
+Every function takes the store and explicit times so tests can seed a store and assert the numbers.
+Metric names follow docs/architecture.md ("Metric names the dashboard reads").
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pandas as pd
+
+from dashboard.ranges import Window
+from dashboard.series import Trace, sum_traces, trace_from_points
+
+if TYPE_CHECKING:
+    from core.store import Event, Latest, SeriesInfo, Store, TargetStatus
+
+# what the store is asked for per trace: about one point per horizontal pixel of a half-width chart (the
+# figures cap at 2,000 anyway); more only grows the browser payload
+CHART_POINTS = 400
+SPARKLINE_POINTS = 40
+# a target whose newest sample is older than this is shown as stale rather than as its last value
+DEFAULT_STALE_AFTER_S = 60.0
+
+HEALTH_WORDS = {0: "pass", 1: "warn", 2: "fail", 3: "draining"}
+SERVER_STATE_WORDS = {0: "up", 1: "draining", 2: "down"}
+QUEUE_STATES = ("waiting", "active", "delayed", "prioritized", "waiting_children", "completed", "failed")
+BACKLOG_STATES = ("waiting", "active", "delayed", "prioritized", "waiting_children")
+
+
+class Tile(NamedTuple):
+    label: str
+    value: str  # formatted for st.metric
+    raw: float | None  # the number behind it (None: no data), for tests and thresholds
+    help: str
+    bad: bool = False  # the page colours it / adds a warning
+
+
+@dataclass
+class Chart:
+    """A time chart the page hands to figures.time_chart."""
+
+    title: str
+    unit: str
+    traces: list[Trace]
+    stacked: bool = False
+    reference_lines: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not any(len(t) for t in self.traces)
+
+
+# ---------------------------------------------------------------------------------------------------- basics
+
+
+def is_server_target(target: str) -> bool:
+    """nginx per-upstream-server targets are `nginx:<lb>/<host:port>`; totals are `nginx:<lb>`."""
+    return "/" in target
+
+
+def latest_by_target(store: Store, source: str, metric: str | None = None) -> dict[str, dict[str, Latest]]:
+    """target → metric → newest value, for series without labels (labelled ones: `labelled_latest`)."""
+    table: dict[str, dict[str, Latest]] = defaultdict(dict)
+    for row in store.latest(source=source, metric=metric):
+        if not row.series.labels:
+            table[row.series.target][row.series.metric] = row
+    return dict(table)
+
+
+def labelled_latest(store: Store, source: str, metric: str, target: str | None = None) -> list[Latest]:
+    """The labelled series of the newest scrape only: a label set that vanished (an app that disconnected)
+    keeps its last row in the store forever, so rows older than the newest one by more than 1 s are dropped."""
+    rows = [r for r in store.latest(source=source, metric=metric, target=target) if r.series.labels]
+    if not rows:
+        return []
+    newest = max(r.ts for r in rows)
+    return [r for r in rows if r.ts >= newest - 1.0]
+
+
+def value_of(metrics: dict[str, Latest], metric: str) -> float | None:
+    row = metrics.get(metric)
+    return None if row is None else float(row.value)
+
+
+def text_of(metrics: dict[str, Latest], metric: str) -> str | None:
+    row = metrics.get(metric)
+    return None if row is None else row.text
+
+
+def newest_ts(metrics: dict[str, Latest]) -> float | None:
+    return max((r.ts for r in metrics.values()), default=None)
+
+
+def source_newest_ts(store: Store, source: str) -> float | None:
+    """When a source last answered: the freshness caption of a panel (a failed scrape brings no new data)."""
+    return max((s.last_ok_ts for s in store.target_statuses(source=source) if s.last_ok_ts is not None), default=None)
+
+
+def unreachable(store: Store, source: str, targets: Iterable[str] | None = None) -> list[TargetStatus]:
+    """Targets whose last collection failed (up=0), with the error and the last success."""
+    wanted = set(targets) if targets is not None else None
+    return [
+        status
+        for status in store.target_statuses(source=source)
+        if not status.up and (wanted is None or status.target in wanted)
+    ]
+
+
+def fetch(
+    store: Store,
+    window: Window,
+    source: str,
+    metric: str,
+    *,
+    keep: Callable[[SeriesInfo], bool] | None = None,
+    name: Callable[[SeriesInfo], str] | None = None,
+    max_points: int = CHART_POINTS,
+    rate: bool = False,
+) -> list[Trace]:
+    """All series of one metric in one query (the store buckets in SQL, min/max kept), one trace each.
+
+    `rate=True` is for raw counters (`*_total`, xact_commit, evicted_keys): the store differences them in SQL
+    and treats a drop as a counter reset.
+    """
+    infos = [info for info in store.find_series(source=source, metric=metric) if keep is None or keep(info)]
+    if not infos:
+        return []
+    points = store.query([i.id for i in infos], window.start, window.end, max_points=max_points, rate=rate)
+    label = name or (lambda info: info.target)
+    traces = [trace_from_points(label(info), points.get(info.id, [])) for info in infos]
+    return sorted((t for t in traces if len(t)), key=lambda t: t.name)
+
+
+def summed(name: str, traces: Sequence[Trace], window: Window, buckets: int = CHART_POINTS // 2) -> list[Trace]:
+    total = sum_traces(name, traces, window.start, window.end, buckets)
+    return [total] if len(total) else []
+
+
+# step-by-step progress of a running action (actions/audit.py): dozens per drain, noise on a chart; the action's
+# own outcome event ("action") and replica start/stop/dead events are what the operator wants to line up with
+HIDDEN_EVENT_KINDS = frozenset({"action.progress"})
+
+
+def events_in(store: Store, window: Window) -> list[Event]:
+    """Audit-log and annotation events of the window: the markers every time chart carries."""
+    return [e for e in store.events(window.start, window.end) if e.kind not in HIDDEN_EVENT_KINDS]
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def current(rows: dict[str, dict[str, Latest]], stale_after_s: float) -> dict[str, dict[str, Latest]]:
+    """Targets still being collected: sampled within `stale_after_s` of the source's newest sample.
+
+    A replica scaled away long ago must count neither as up nor as down. The reference is the source's newest
+    sample, not the clock: when the whole collector stalls, the tiles keep the last known picture (and the
+    freshness caption turns into a "stalled" warning) instead of going blank.
+    """
+    reference = max((newest_ts(m) or 0 for m in rows.values()), default=0)
+    return {t: m for t, m in rows.items() if (newest_ts(m) or 0) >= reference - stale_after_s}
+
+
+def newest_of(rows: dict[str, dict[str, Latest]]) -> float:
+    return max((newest_ts(m) or 0 for m in rows.values()), default=0)
+
+
+# -------------------------------------------------------------------------------------------------- overview
+
+
+def overview_tiles(store: Store, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[Tile]:
+    instances = current(latest_by_target(store, "instance"), stale_after_s)
+    up_count = sum(1 for m in instances.values() if (value_of(m, "up") or 0) >= 1)
+    total = len(instances)
+
+    nginx = current(latest_by_target(store, "nginx"), stale_after_s)
+    totals = {t: m for t, m in nginx.items() if not is_server_target(t)}
+    servers = {t: m for t, m in nginx.items() if is_server_target(t)}
+    rps_values = [v for m in totals.values() if (v := value_of(m, "requests_per_s")) is not None]
+    rps = sum(rps_values) if rps_values else None
+    err_values = [v for m in servers.values() if (v := value_of(m, "status_5xx_per_s")) is not None]
+    errors = sum(err_values) if err_values else None
+    p95_values = [v for m in servers.values() if (v := value_of(m, "upstream_p95_ms")) is not None]
+    p95 = max(p95_values) if p95_values else None
+
+    queues = current(latest_by_target(store, "bullmq"), stale_after_s)
+    waiting_values = [v for m in queues.values() if (v := value_of(m, "waiting")) is not None]
+    backlog = sum(waiting_values) if waiting_values else None
+    failed_values = [v for m in queues.values() if (v := value_of(m, "failed_per_s")) is not None]
+    failed_per_min = sum(failed_values) * 60 if failed_values else None
+
+    postgres = current(latest_by_target(store, "postgres"), stale_after_s)
+    used_values = [v for m in postgres.values() if (v := value_of(m, "connections_total")) is not None]
+    budget_values = [v for m in postgres.values() if (v := value_of(m, "connection_budget")) is not None]
+    used = sum(used_values) if used_values else None
+    budget = sum(budget_values) if budget_values else None
+
+    alerts = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
+    firing = sum(1 for m in alerts.values() if (value_of(m, "firing") or 0) >= 1)
+
+    error_share = (errors / rps) if errors is not None and rps else None
+    return [
+        Tile("Instances up", f"{up_count} / {total}" if total else "—", float(up_count) if total else None,
+             "instances whose last health check passed / instances seen recently", bad=up_count < total),
+        Tile("Requests/s", fmt(rps, ".1f"), rps, "nginx: requests per second (all load balancers)"),
+        Tile("5xx/s", fmt(errors, ".2f") + (f" ({error_share:.1%})" if error_share is not None else ""), errors,
+             "upstream responses with status 5xx per second, and their share of requests", bad=bool(errors)),
+        Tile("p95 latency", fmt(p95, ".0f", " ms"), p95, "worst upstream server's p95 response time (nginx)"),
+        Tile("Queue backlog", fmt(backlog, ".0f"), backlog, "waiting jobs over every BullMQ queue"),
+        Tile("Failed jobs/min", fmt(failed_per_min, ".1f"), failed_per_min, "BullMQ failures per minute",
+             bad=bool(failed_per_min)),
+        Tile("Postgres connections", f"{used:.0f} / {budget:.0f}" if used is not None and budget else fmt(used, ".0f"),
+             used, "client connections in use / the fleet's connection budget",
+             bad=used is not None and bool(budget) and used >= (budget or 0)),
+        Tile("Active alerts", str(firing), float(firing), "alert rules firing now", bad=firing > 0),
+    ]
+
+
+def overview_charts(store: Store, window: Window) -> list[Chart]:
+    up = fetch(store, window, "instance", "up")
+    nginx_rps = fetch(store, window, "nginx", "requests_per_s", keep=lambda i: not is_server_target(i.target))
+    server_5xx = fetch(store, window, "nginx", "status_5xx_per_s", keep=lambda i: is_server_target(i.target))
+    server_p95 = fetch(store, window, "nginx", "upstream_p95_ms", keep=lambda i: is_server_target(i.target))
+    waiting = fetch(store, window, "bullmq", "waiting")
+    failed = fetch(store, window, "bullmq", "failed_per_s")
+    pg_used = fetch(store, window, "postgres", "connections_total")
+    budgets = [v for m in latest_by_target(store, "postgres", "connection_budget").values()
+               if (v := value_of(m, "connection_budget"))]
+    alerts = fetch(store, window, "alert", "firing")
+    failed_per_min = [Trace(t.name, t.ts, t.value * 60, t.vmin * 60, t.vmax * 60) for t in failed]
+    return [
+        Chart("Instances up", "instances", summed("up", up, window)),
+        Chart("Requests/s", "1/s", nginx_rps),
+        Chart("5xx/s", "1/s", summed("5xx", server_5xx, window)),
+        Chart("p95 latency per upstream server", "ms", server_p95),
+        Chart("Queue backlog (waiting)", "jobs", waiting, stacked=True),
+        Chart("Failed jobs/min", "1/min", summed("failed", failed_per_min, window)),
+        Chart("Postgres connections", "connections", pg_used,
+              reference_lines={"budget": sum(budgets)} if budgets else {}),
+        Chart("Alerts firing", "alerts", summed("firing", alerts, window)),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- instances
+
+
+def instance_status(metrics: dict[str, Latest], reference_ts: float, stale_after_s: float) -> str:
+    """UP / WARN / DRAINING / FAIL / DOWN / STALE — the word the status column and the badges show.
+
+    STALE: not scraped within `stale_after_s` of `reference_ts`, the newest scrape of any instance (a replica
+    the collector stopped watching, e.g. removed from the registry while its process lives on).
+    """
+    up = metrics.get("up")
+    if up is None:
+        return "UNKNOWN"
+    if up.ts < reference_ts - stale_after_s:
+        return "STALE"
+    if up.value < 1:
+        return "DOWN"
+    health = value_of(metrics, "health_status")
+    if health is not None and up.ts - metrics["health_status"].ts < stale_after_s:
+        return {1: "WARN", 2: "FAIL", 3: "DRAINING"}.get(int(health), "UP")
+    return "UP"
+
+
+BAD_STATUSES = frozenset({"DOWN", "FAIL", "STALE", "UNKNOWN"})
+
+INSTANCE_COLUMNS = [
+    "instance", "status", "health", "latency_ms", "memory_mb", "cpu_percent", "loop_lag_ms", "in_flight",
+    "pool_total", "pool_idle", "pool_waiting", "version", "uptime_min", "last_scraped_s",
+]
+
+
+def instances_table(store: Store, now: float, window: Window, stale_after_s: float = DEFAULT_STALE_AFTER_S
+                    ) -> pd.DataFrame:
+    """One row per instance seen within the window (older ones were scaled away), worst status first."""
+    rows: list[dict[str, Any]] = []
+    instances = latest_by_target(store, "instance")
+    reference = newest_of(instances)
+    for target, metrics in instances.items():
+        newest = newest_ts(metrics) or 0
+        if newest < window.start:
+            continue
+        memory = value_of(metrics, "memory_rss_bytes")
+        lag = value_of(metrics, "event_loop_lag_s")
+        uptime = value_of(metrics, "uptime_s")
+        up_row = metrics.get("up")
+        health = value_of(metrics, "health_status")
+        status = instance_status(metrics, reference, stale_after_s)
+        health_word = text_of(metrics, "health_status") or (HEALTH_WORDS.get(int(health)) if health is not None
+                                                            else None)
+        rows.append({
+            "instance": target,
+            "status": status,
+            # the last /health answer predates the failure: "pass" next to DOWN would contradict the status
+            "health": "no answer" if status == "DOWN" else health_word,
+            "latency_ms": value_of(metrics, "latency_ms"),
+            "memory_mb": None if memory is None else memory / 1e6,
+            "cpu_percent": value_of(metrics, "cpu_percent"),
+            "loop_lag_ms": None if lag is None else lag * 1000,
+            "in_flight": value_of(metrics, "in_flight"),
+            "pool_total": value_of(metrics, "pool_total"),
+            "pool_idle": value_of(metrics, "pool_idle"),
+            "pool_waiting": value_of(metrics, "pool_waiting"),
+            "version": text_of(metrics, "version"),
+            "uptime_min": None if uptime is None else uptime / 60,
+            "last_scraped_s": None if up_row is None else max(0.0, now - up_row.ts),
+        })
+    frame = pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
+    if not frame.empty:
+        frame["_bad"] = frame["status"].isin(BAD_STATUSES)
+        frame = frame.sort_values(["_bad", "instance"], ascending=[False, True]).drop(columns="_bad")
+        frame = frame.reset_index(drop=True)
+    return frame
+
+
+@dataclass
+class InstanceDetail:
+    target: str
+    status: str
+    last_ts: float | None  # when it was last scraped (successfully or not)
+    health_json: Any  # parsed /health body, or the raw text when it is not JSON, or None
+    error: str | None  # the last collection error (text of the up=0 sample)
+    last_ok_ts: float | None
+    events: list[Event]
+    charts: list[Chart]
+
+
+def instance_detail(store: Store, target: str, window: Window,
+                    stale_after_s: float = DEFAULT_STALE_AFTER_S) -> InstanceDetail:
+    instances = latest_by_target(store, "instance")
+    metrics = instances.get(target, {})
+    raw = text_of(metrics, "health_raw")
+    try:
+        health_json: Any = json.loads(raw) if raw else None
+    except ValueError:
+        health_json = raw
+    status = next((s for s in store.target_statuses(source="instance") if s.target == target), None)
+
+    def only(info: SeriesInfo) -> bool:
+        return info.target == target
+
+    def one(metric: str, label: str | None = None, scale: float = 1.0, rate: bool = False) -> list[Trace]:
+        traces = fetch(store, window, "instance", metric, keep=only, name=lambda _i: label or metric, rate=rate)
+        return [Trace(t.name, t.ts, t.value * scale, t.vmin * scale, t.vmax * scale) for t in traces]
+
+    pool = [t for m in ("pool_total", "pool_idle", "pool_waiting") for t in one(m, m.removeprefix("pool_"))]
+    requests = one("requests_total", "requests/s", rate=True)
+    errors = one("requests_5xx_total", "5xx/s", rate=True)
+    charts = [
+        Chart("Health-check latency", "ms", one("latency_ms")),
+        Chart("Memory (RSS)", "MB", one("memory_rss_bytes", "rss", 1e-6)),
+        Chart("CPU", "%", one("cpu_percent", "cpu")),
+        Chart("Event-loop lag", "ms", one("event_loop_lag_s", "lag", 1000.0)),
+        Chart("In-flight requests", "requests", one("in_flight")),
+        Chart("DB pool", "connections", pool),
+        Chart("Requests", "1/s", requests + errors),
+    ]
+    events = [e for e in events_in(store, window) if e.target in (target, target.split("/")[-1])]
+    return InstanceDetail(
+        target=target,
+        status=instance_status(metrics, newest_of(instances), stale_after_s) if metrics else "UNKNOWN",
+        last_ts=metrics["up"].ts if "up" in metrics else None,
+        health_json=health_json,
+        error=(status.error or text_of(metrics, "up") or "no answer") if status and not status.up else None,
+        last_ok_ts=status.last_ok_ts if status else None,
+        events=events,
+        charts=charts,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- load balancer
+
+SERVER_COLUMNS = ["load_balancer", "server", "state", "requests_per_s", "status_4xx_per_s", "status_5xx_per_s",
+                  "p50_ms", "p95_ms", "failed_attempts", "last_seen_s"]
+
+
+def lb_servers_table(store: Store, now: float, window: Window) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for target, metrics in latest_by_target(store, "nginx").items():
+        if not is_server_target(target) or (newest_ts(metrics) or 0) < window.start:
+            continue
+        lb, server = target.split("/", 1)
+        state_value = value_of(metrics, "server_state")
+        rows.append({
+            "load_balancer": lb,
+            "server": server,
+            "state": (text_of(metrics, "server_state")
+                      or (SERVER_STATE_WORDS.get(int(state_value), "?") if state_value is not None else None)),
+            "requests_per_s": value_of(metrics, "requests_per_s"),
+            "status_4xx_per_s": value_of(metrics, "status_4xx_per_s"),
+            "status_5xx_per_s": value_of(metrics, "status_5xx_per_s"),
+            "p50_ms": value_of(metrics, "upstream_p50_ms"),
+            "p95_ms": value_of(metrics, "upstream_p95_ms"),
+            "failed_attempts": value_of(metrics, "failed_attempts"),
+            "last_seen_s": max(0.0, now - (newest_ts(metrics) or now)),
+        })
+    return pd.DataFrame(rows, columns=SERVER_COLUMNS).sort_values(["load_balancer", "server"]).reset_index(drop=True)
+
+
+NGINX_TOTALS = ("requests_per_s", "active", "reading", "writing", "waiting", "accepts", "handled", "requests_total")
+
+
+def lb_totals(store: Store) -> dict[str, dict[str, float | None]]:
+    """nginx:<lb> → stub_status totals."""
+    return {
+        target: {metric: value_of(metrics, metric) for metric in NGINX_TOTALS}
+        for target, metrics in sorted(latest_by_target(store, "nginx").items())
+        if not is_server_target(target)
+    }
+
+
+def lb_charts(store: Store, window: Window) -> list[Chart]:
+    def servers(info: SeriesInfo) -> bool:
+        return is_server_target(info.target)
+
+    def short(info: SeriesInfo) -> str:
+        return info.target.split("/", 1)[1]
+
+    return [
+        Chart("Requests/s per upstream server", "1/s",
+              fetch(store, window, "nginx", "requests_per_s", keep=servers, name=short), stacked=True),
+        Chart("5xx/s per upstream server", "1/s", fetch(store, window, "nginx", "status_5xx_per_s", keep=servers,
+                                                         name=short)),
+        Chart("p95 per upstream server", "ms", fetch(store, window, "nginx", "upstream_p95_ms", keep=servers,
+                                                      name=short)),
+        Chart("nginx active connections", "connections",
+              fetch(store, window, "nginx", "active", keep=lambda i: not servers(i))),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- queues
+
+
+def queues_table(store: Store, window: Window) -> pd.DataFrame:
+    """queue × state: the current count and a sparkline of the window (lists for LineChartColumn)."""
+    latest = {t: m for t, m in latest_by_target(store, "bullmq").items() if "waiting" in m}
+    rows: list[dict[str, Any]] = []
+    if latest:
+        infos = [i for i in store.find_series(source="bullmq") if i.metric in QUEUE_STATES and i.target in latest]
+        points = store.query([i.id for i in infos], window.start, window.end, max_points=SPARKLINE_POINTS)
+        history = {(i.target, i.metric): [p.value for p in points.get(i.id, [])] for i in infos}
+        for target in sorted(latest):
+            metrics = latest[target]
+            for state in QUEUE_STATES:
+                if state in metrics:
+                    rows.append({
+                        "queue": target, "state": state, "count": value_of(metrics, state),
+                        "trend": history.get((target, state), []),
+                    })
+    return pd.DataFrame(rows, columns=["queue", "state", "count", "trend"])
+
+
+class QueueWorkers(NamedTuple):
+    queue: str
+    workers: int
+    waiting: int
+    paused: bool
+    oldest_waiting_age_s: float | None
+
+    @property
+    def starving(self) -> bool:
+        """Jobs wait on a running queue that nobody consumes: the alert nobody else ships."""
+        return self.workers == 0 and self.waiting > 0 and not self.paused
+
+
+def queue_workers(store: Store) -> list[QueueWorkers]:
+    result = []
+    for target, metrics in sorted(latest_by_target(store, "bullmq").items()):
+        if "workers" not in metrics and "waiting" not in metrics:
+            continue  # the Redis-level target of the bullmq collector (up/latency only)
+        result.append(QueueWorkers(
+            queue=target,
+            workers=int(value_of(metrics, "workers") or 0),
+            waiting=int(value_of(metrics, "waiting") or 0),
+            paused=bool(value_of(metrics, "paused")),
+            oldest_waiting_age_s=value_of(metrics, "oldest_waiting_age_s"),
+        ))
+    return result
+
+
+def queue_charts(store: Store, window: Window, queue: str) -> list[Chart]:
+    def only(info: SeriesInfo) -> bool:
+        return info.target == queue
+
+    def by_metric(info: SeriesInfo) -> str:
+        return info.metric
+
+    states = [t for s in BACKLOG_STATES for t in fetch(store, window, "bullmq", s, keep=only, name=by_metric)]
+    rates = [t for m in ("completed_per_s", "failed_per_s")
+             for t in fetch(store, window, "bullmq", m, keep=only, name=by_metric)]
+    return [
+        Chart(f"{queue}: jobs by state", "jobs", states, stacked=True),
+        Chart(f"{queue}: completed and failed", "1/s", rates),
+        Chart(f"{queue}: oldest waiting job", "s",
+              fetch(store, window, "bullmq", "oldest_waiting_age_s", keep=only, name=by_metric)),
+        Chart(f"{queue}: workers", "workers", fetch(store, window, "bullmq", "workers", keep=only, name=by_metric)),
+    ]
+
+
+# -------------------------------------------------------------------------------------------------- postgres
+
+
+@dataclass
+class PostgresView:
+    target: str
+    by_state: dict[str, float]
+    by_application: pd.DataFrame  # application, state, connections
+    tiles: list[Tile]
+    budget: float | None
+    max_connections: float | None
+
+
+def postgres_targets(store: Store) -> list[str]:
+    return sorted(t for t in latest_by_target(store, "postgres") if not t.startswith("pgbouncer"))
+
+
+def postgres_view(store: Store, target: str) -> PostgresView:
+    metrics = latest_by_target(store, "postgres").get(target, {})
+    connections = labelled_latest(store, "postgres", "connections", target=target)
+    by_state: dict[str, float] = defaultdict(float)
+    app_rows = []
+    for row in connections:
+        labels = dict(row.series.labels)
+        state = labels.get("state", "?")
+        by_state[state] += row.value
+        app_rows.append({"application": labels.get("application", "") or "(none)", "state": state,
+                         "connections": row.value})
+    by_app = pd.DataFrame(app_rows, columns=["application", "state", "connections"])
+    if not by_app.empty:
+        by_app = by_app.sort_values(["connections", "application"], ascending=[False, True]).reset_index(drop=True)
+    used = value_of(metrics, "connections_total")
+    budget = value_of(metrics, "connection_budget")
+    limit = value_of(metrics, "max_connections")
+    longest = value_of(metrics, "longest_xact_s")
+    idle_xact = value_of(metrics, "idle_in_xact_max_s")
+    waiters = value_of(metrics, "lock_waiters")
+    hit = value_of(metrics, "cache_hit_ratio")
+    headroom = value_of(metrics, "headroom")
+    tiles = [
+        Tile("Connections", f"{used:.0f} / {budget:.0f}" if used is not None and budget else fmt(used, ".0f"), used,
+             "client connections / budget", bad=used is not None and bool(budget) and used >= (budget or 0)),
+        Tile("Headroom", fmt(headroom, ".0f"), headroom, "max_connections minus reserved minus in use",
+             bad=headroom is not None and headroom <= 0),
+        Tile("Longest xact", fmt(longest, ".1f", " s"), longest, "age of the oldest open transaction",
+             bad=(longest or 0) > 60),
+        Tile("Idle in xact", fmt(idle_xact, ".1f", " s"), idle_xact, "longest idle-in-transaction session",
+             bad=(idle_xact or 0) > 30),
+        Tile("Lock waiters", fmt(waiters, ".0f"), waiters, "sessions waiting on a lock", bad=(waiters or 0) > 0),
+        Tile("Cache hit ratio", fmt(None if hit is None else hit * 100, ".1f", " %"), hit,
+             "blks_hit / (blks_hit + blks_read)", bad=hit is not None and hit < 0.9),
+    ]
+    return PostgresView(target, dict(by_state), by_app, tiles, budget, limit)
+
+
+def postgres_charts(store: Store, window: Window, target: str) -> list[Chart]:
+    def only(info: SeriesInfo) -> bool:
+        return info.target == target and not info.labels
+
+    def series(metric: str, label: str | None = None, rate: bool = False) -> list[Trace]:
+        return fetch(store, window, "postgres", metric, keep=only, name=lambda _i: label or metric, rate=rate)
+
+    commits = series("xact_commit", "commits/s", rate=True)
+    rollbacks = series("xact_rollback", "rollbacks/s", rate=True)
+    budget = value_of(latest_by_target(store, "postgres").get(target, {}), "connection_budget")
+    by_state = fetch(store, window, "postgres", "connections",
+                     keep=lambda i: i.target == target and bool(i.labels),
+                     name=lambda i: dict(i.labels).get("state", "?"))
+    state_totals = summed_by_name(by_state, window)
+    return [
+        Chart("Connections by state", "connections", state_totals, stacked=True,
+              reference_lines={"budget": budget} if budget else {}),
+        Chart("Commits and rollbacks", "1/s", commits + rollbacks),
+        Chart("Cache hit ratio", "ratio", series("cache_hit_ratio", "hit ratio")),
+        Chart("Longest transaction / lock waiters", "", series("longest_xact_s", "longest xact (s)")
+              + series("lock_waiters", "lock waiters")),
+    ]
+
+
+def summed_by_name(traces: Sequence[Trace], window: Window) -> list[Trace]:
+    """Traces sharing a name (e.g. one state across applications) added into one."""
+    groups: dict[str, list[Trace]] = defaultdict(list)
+    for trace in traces:
+        groups[trace.name].append(trace)
+    return [t for name in sorted(groups) for t in summed(name, groups[name], window)]
+
+
+PGBOUNCER_POOL_COLUMNS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait_s")
+
+
+def pgbouncer_pools(store: Store, target: str) -> pd.DataFrame:
+    """PgBouncer SHOW POOLS of one Postgres target (metrics `pgbouncer_*` labelled database/user); empty without
+    PgBouncer."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in store.latest(source="postgres", target=target):
+        column = row.series.metric.removeprefix("pgbouncer_")
+        labels = dict(row.series.labels)
+        if not row.series.metric.startswith("pgbouncer_") or column not in PGBOUNCER_POOL_COLUMNS:
+            continue
+        key = (labels.get("database", ""), labels.get("user", ""))
+        rows.setdefault(key, {"database": key[0], "user": key[1]})[column] = row.value
+    frame = pd.DataFrame(list(rows.values()), columns=["database", "user", *PGBOUNCER_POOL_COLUMNS])
+    return frame.sort_values(["database", "user"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------------- redis
+
+
+@dataclass
+class RedisView:
+    target: str
+    used_memory: float | None
+    maxmemory: float | None
+    policy: str | None
+    policy_ok: bool | None  # None: unknown
+    tiles: list[Tile]
+
+
+def redis_targets(store: Store) -> list[str]:
+    return sorted(latest_by_target(store, "redis"))
+
+
+def redis_view(store: Store, target: str, window: Window) -> RedisView:
+    metrics = latest_by_target(store, "redis").get(target, {})
+    used = value_of(metrics, "used_memory_bytes")
+    maxmemory = value_of(metrics, "maxmemory_bytes")
+    policy_value = value_of(metrics, "maxmemory_policy")
+    policy = text_of(metrics, "maxmemory_policy")
+    evicted = fetch(store, window, "redis", "evicted_keys", keep=lambda i: i.target == target)
+    evicted_in_window = (float(evicted[0].value[-1] - evicted[0].value[0])
+                         if evicted and len(evicted[0]) > 1 else None)
+    clients = value_of(metrics, "connected_clients")
+    ops = value_of(metrics, "ops_per_s")
+    rejected = value_of(metrics, "rejected_connections")
+    memory_text = "—" if used is None else (f"{used / 2**20:.0f} / {maxmemory / 2**20:.0f} MiB" if maxmemory
+                                            else f"{used / 2**20:.0f} MiB, no max")
+    tiles = [
+        Tile("Memory", memory_text, used, "used_memory / maxmemory",
+             bad=bool(maxmemory) and used is not None and used >= 0.9 * (maxmemory or 1)),
+        Tile("Clients", fmt(clients, ".0f"), clients, "connected clients"),
+        Tile("Ops/s", fmt(ops, ".0f"), ops, "commands processed per second"),
+        Tile("Evicted keys (range)", fmt(evicted_in_window, ".0f"), evicted_in_window,
+             "keys evicted within the chosen range: BullMQ loses jobs when Redis evicts", bad=bool(evicted_in_window)),
+        Tile("Rejected connections", fmt(rejected, ".0f"), rejected, "connections refused (maxclients)",
+             bad=bool(rejected)),
+    ]
+    return RedisView(target, used, maxmemory, policy,
+                     None if policy_value is None else policy_value >= 1, tiles)
+
+
+def redis_charts(store: Store, window: Window, target: str) -> list[Chart]:
+    def only(info: SeriesInfo) -> bool:
+        return info.target == target
+
+    def named(metric: str, label: str, scale: float = 1.0, rate: bool = False) -> list[Trace]:
+        traces = fetch(store, window, "redis", metric, keep=only, name=lambda _i: label, rate=rate)
+        return [Trace(t.name, t.ts, t.value * scale, t.vmin * scale, t.vmax * scale) for t in traces]
+
+    mib = 1 / 2**20
+    maxmemory = value_of(latest_by_target(store, "redis").get(target, {}), "maxmemory_bytes")
+    return [
+        Chart("Memory", "MiB", named("used_memory_bytes", "used", mib) + named("used_memory_rss_bytes", "rss", mib),
+              reference_lines={"maxmemory": maxmemory * mib} if maxmemory else {}),
+        Chart("Clients", "clients", named("connected_clients", "connected") + named("blocked_clients", "blocked")),
+        Chart("Ops/s", "1/s", named("ops_per_s", "ops/s")),
+        Chart("Evictions", "keys/s", named("evicted_keys", "evicted/s", rate=True)),
+    ]
+

@@ -1,0 +1,109 @@
+"""Time-series shaping between the store and the figures: traces, capping, rates, sums across series.
+
+Everything here is numpy over plain arrays so it is cheap on every rerun and easy to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_POINTS_PER_TRACE = 2000
+
+
+@dataclass
+class Trace:
+    """One line on a chart; `vmin`/`vmax` are the per-bucket extremes the store kept (the band)."""
+
+    name: str
+    ts: np.ndarray
+    value: np.ndarray
+    vmin: np.ndarray = field(default_factory=lambda: np.empty(0))
+    vmax: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def __post_init__(self) -> None:
+        self.ts = np.asarray(self.ts, dtype=float)
+        self.value = np.asarray(self.value, dtype=float)
+        self.vmin = self.value if len(self.vmin) != len(self.value) else np.asarray(self.vmin, dtype=float)
+        self.vmax = self.value if len(self.vmax) != len(self.value) else np.asarray(self.vmax, dtype=float)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def has_band(self) -> bool:
+        return bool(len(self)) and bool(np.any(self.vmax > self.vmin))
+
+    @property
+    def last(self) -> float | None:
+        return float(self.value[-1]) if len(self) else None
+
+
+def trace_from_points(name: str, points: Sequence[Sequence[float]]) -> Trace:
+    """Points are the store's (ts, value, vmin, vmax) tuples, oldest first."""
+    if not points:
+        return Trace(name, np.empty(0), np.empty(0))
+    array = np.asarray(points, dtype=float)
+    return Trace(name, array[:, 0], array[:, 1], array[:, 2], array[:, 3])
+
+
+def cap_points(trace: Trace, max_points: int = MAX_POINTS_PER_TRACE) -> Trace:
+    """At most `max_points` points, keeping every bucket's lowest and highest sample (M4-style).
+
+    Plain decimation would drop a one-sample spike; here each of max_points/2 buckets keeps the sample with
+    its minimum and the one with its maximum, in time order, and the band widens to the bucket's extremes.
+    """
+    n = len(trace)
+    if n <= max_points:
+        return trace
+    buckets = max(1, max_points // 2)
+    bucket_of = (np.arange(n) * buckets) // n
+    starts = np.flatnonzero(np.r_[True, bucket_of[1:] != bucket_of[:-1]])
+    keep: list[int] = []
+    band_low = np.minimum.reduceat(trace.vmin, starts)
+    band_high = np.maximum.reduceat(trace.vmax, starts)
+    lows: list[float] = []
+    highs: list[float] = []
+    bounds = [*starts.tolist(), n]
+    for index in range(len(starts)):
+        lo, hi = bounds[index], bounds[index + 1]
+        chunk = trace.value[lo:hi]
+        i_min = lo + int(np.argmin(chunk))
+        i_max = lo + int(np.argmax(chunk))
+        for i in sorted({i_min, i_max}):
+            keep.append(i)
+            lows.append(float(band_low[index]))
+            highs.append(float(band_high[index]))
+    idx = np.asarray(keep)
+    return Trace(trace.name, trace.ts[idx], trace.value[idx], np.asarray(lows), np.asarray(highs))
+
+
+def sum_traces(name: str, traces: Iterable[Trace], start: float, end: float, buckets: int) -> Trace:
+    """Add series that were sampled at slightly different times by putting them on one time grid.
+
+    Each series is averaged within a grid cell first (so a series sampled twice in a cell is not counted
+    twice), then the cells are summed; the band is the sum of the mins and the sum of the maxes.
+    """
+    traces = [t for t in traces if len(t)]
+    if not traces or end <= start:
+        return Trace(name, np.empty(0), np.empty(0))
+    buckets = max(1, buckets)
+    step = (end - start) / buckets
+    total = np.zeros(buckets)
+    low = np.zeros(buckets)
+    high = np.zeros(buckets)
+    seen = np.zeros(buckets, dtype=bool)
+    for trace in traces:
+        cell = np.clip(((trace.ts - start) // step).astype(int), 0, buckets - 1)
+        counts = np.bincount(cell, minlength=buckets)
+        present = counts > 0
+        safe = np.where(present, counts, 1)
+        total += np.bincount(cell, weights=trace.value, minlength=buckets) / safe
+        low += np.bincount(cell, weights=trace.vmin, minlength=buckets) / safe
+        high += np.bincount(cell, weights=trace.vmax, minlength=buckets) / safe
+        seen |= present
+    centres = start + (np.arange(buckets) + 0.5) * step
+    return Trace(name, centres[seen], total[seen], low[seen], high[seen])
+

@@ -1,0 +1,255 @@
+"""Streamlit glue shared by every page: cached config and store, the sidebar pickers, live panels, and the
+standard ways to show a chart, a table, tiles, freshness and unreachable sources.
+
+Pages stay thin: they pick what to show from `queries` and hand it to these helpers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pandas as pd
+import streamlit as st
+
+from core.config import ConfigError, FleetConfig, config_path, load_config
+from core.store import Event, Store, TargetStatus
+from dashboard import figures, queries, ranges
+from dashboard.queries import Chart, Tile
+from dashboard.store_cache import CachedStore
+
+RANGE_KEY = "fd_range"
+REFRESH_KEY = "fd_refresh"
+# a target not sampled for this many collection intervals is reported stale instead of with its last value
+STALE_INTERVALS = 4.0
+
+_collector_lock = threading.Lock()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ------------------------------------------------------------------------------------------- cached resources
+
+
+@st.cache_resource(show_spinner=False)
+def _config_at(path: str) -> FleetConfig:
+    return load_config(path)
+
+
+@st.cache_resource(show_spinner=False)
+def _store_at(url: str) -> Store:
+    return Store(url)
+
+
+@st.cache_resource(show_spinner=False)
+def _cached_store_at(url: str) -> CachedStore:
+    """One read cache per store for all sessions of this process (see store_cache.py)."""
+    return CachedStore(_store_at(url))
+
+
+def fleet_config() -> FleetConfig:
+    """The config named by FLEETDECK_CONFIG (else ./fleet.yaml); a broken file stops the page with its message."""
+    path = str(config_path())
+    try:
+        return _config_at(path)
+    except ConfigError as error:
+        st.error(f"Cannot load the configuration.\n\n```\n{error}\n```")
+        st.stop()
+        raise  # st.stop() raises; this keeps type checkers honest
+
+
+def store() -> Store:
+    """The store behind a shared read cache; it has the Store's read methods (typed as Store for the pages)."""
+    config = fleet_config()
+    try:
+        return _cached_store_at(config.store_url)  # type: ignore[return-value]
+    except Exception as error:  # an unreachable Postgres store must not become a stack trace
+        st.error(f"Cannot open the store at `{config.store_url}`: {error}")
+        st.stop()
+        raise
+
+
+@st.cache_resource(show_spinner=False)
+def _start_collectors(path: str) -> str | None:
+    """One background scheduler per dashboard process (cache_resource + a lock: two first sessions racing)."""
+    with _collector_lock:
+        try:
+            from collectors.scheduler import start_embedded
+        except ImportError as error:
+            return f"Embedded collectors unavailable ({error}); run them separately."
+        config = _config_at(path)
+        try:
+            start_embedded(config, _store_at(config.store_url))
+        except Exception as error:  # the dashboard still shows what the store holds
+            return f"Embedded collectors failed to start: {error}"
+        return None
+
+
+def start_embedded_collectors() -> None:
+    config = fleet_config()
+    if not config.dashboard.embedded_collector:
+        return
+    notice = _start_collectors(str(config_path()))
+    if notice:
+        st.sidebar.info(notice)
+
+
+# ------------------------------------------------------------------------------------------------- the sidebar
+
+
+def sidebar_controls() -> None:
+    """Time range and auto-refresh pickers; rendered by app.py on every page, read through session state."""
+    with st.sidebar:
+        st.selectbox("Time range", list(ranges.TIME_RANGES), key=RANGE_KEY,
+                     index=list(ranges.TIME_RANGES).index(ranges.DEFAULT_RANGE))
+        st.selectbox("Auto-refresh", list(ranges.REFRESH_INTERVALS), key=REFRESH_KEY,
+                     index=list(ranges.REFRESH_INTERVALS).index(ranges.DEFAULT_REFRESH),
+                     help="How often the live panels redraw (only the panels, not the whole page).")
+
+
+def range_label() -> str:
+    return str(st.session_state.get(RANGE_KEY, ranges.DEFAULT_RANGE))
+
+
+def live(function: F) -> F:
+    """Run `function` as a fragment that reruns itself at the chosen auto-refresh interval."""
+    interval = ranges.refresh_seconds(str(st.session_state.get(REFRESH_KEY, ranges.DEFAULT_REFRESH)))
+    return st.fragment(run_every=interval)(function)  # type: ignore[return-value]
+
+
+def stale_after(config: FleetConfig, source: str) -> float:
+    intervals = config.collectors
+    per_source = {
+        "instance": intervals.instances_s, "nginx": intervals.nginx_s, "bullmq": intervals.bullmq_s,
+        "redis": intervals.redis_s, "postgres": intervals.postgres_s,
+    }
+    return max(30.0, STALE_INTERVALS * per_source.get(source, intervals.instances_s))
+
+
+# --------------------------------------------------------------------------------------------------- displays
+
+
+@dataclass
+class PanelData:
+    """What every live panel needs: the moment it was drawn, the window and the window's events."""
+
+    now: float
+    window: ranges.Window
+    events: list[Event]
+
+
+def panel_data(store_: Store) -> PanelData:
+    """Computed at the start of every (fragment) run, so the window moves with the refresh."""
+    now = time.time()
+    window = ranges.window(range_label(), now)
+    try:
+        events = queries.events_in(store_, window)
+    except Exception:  # annotations are a nicety; a failing events query must not blank the charts
+        events = []
+    return PanelData(now, window, events)
+
+
+def freshness(store_: Store, source: str, now: float, stale_after_s: float) -> None:
+    """The caption under a panel title: how old the newest sample is; a warning when collection stalled."""
+    newest = queries.source_newest_ts(store_, source)
+    text = ranges.freshness(newest, now)
+    if newest is not None and now - newest > stale_after_s:
+        st.warning(f"{text}: {source} collection looks stalled.", icon=":material/schedule:")
+    else:
+        st.caption(text)
+
+
+def freshness_by_source(store_: Store, config: FleetConfig, sources: Sequence[str], now: float) -> None:
+    """One caption for a panel fed by several sources: each source's age; a warning names the stalled ones."""
+    parts, stalled = [], []
+    for source in sources:
+        newest = queries.source_newest_ts(store_, source)
+        if newest is None:
+            continue
+        parts.append(f"{source} {ranges.format_age(now - newest)}")
+        if now - newest > stale_after(config, source):
+            stalled.append(source)
+    if not parts:
+        st.caption(ranges.freshness(None))
+        return
+    st.caption("Data as of: " + " · ".join(parts))
+    if stalled:
+        st.warning(f"Collection looks stalled for: {', '.join(stalled)}.", icon=":material/schedule:")
+
+
+def unreachable(statuses: Sequence[TargetStatus], now: float) -> None:
+    """One error box per unreachable target: the error, and when it last answered."""
+    for status in statuses:
+        last_ok = (f"last success {ranges.format_clock(status.last_ok_ts)} "
+                   f"({ranges.format_age(now - status.last_ok_ts)})" if status.last_ok_ts else "never reached")
+        st.error(f"**{status.source} {status.target} is unreachable**: {status.error or 'no answer'} — {last_ok}",
+                 icon=":material/cloud_off:")
+
+
+def no_data(what: str) -> None:
+    st.info(f"No {what} data yet. The collectors write it every few seconds once the source is configured and up.",
+            icon=":material/hourglass_empty:")
+
+
+def tiles(items: Sequence[Tile], per_row: int = 4) -> None:
+    for first in range(0, len(items), per_row):
+        columns = st.columns(per_row)
+        for column, tile in zip(columns, items[first : first + per_row], strict=False):
+            # a red "needs attention" delta is the on-call's cue; healthy tiles carry none
+            column.metric(tile.label, tile.value, help=tile.help, border=True,
+                          delta="needs attention" if tile.bad else None, delta_color="red", delta_arrow="off")
+
+
+def chart(spec: Chart, data: PanelData, key: str | None = None, height: int = 260) -> None:
+    figure = figures.time_chart(
+        spec.traces, spec.title, spec.unit, events=data.events, x_range=(data.window.start, data.window.end),
+        stacked=spec.stacked, reference_lines=spec.reference_lines, height=height,
+    )
+    st.plotly_chart(figure, theme="streamlit", key=key, config={"displaylogo": False})
+
+
+def charts_grid(specs: Sequence[Chart], data: PanelData, key_prefix: str, per_row: int = 2) -> None:
+    for first in range(0, len(specs), per_row):
+        columns = st.columns(per_row)
+        for offset, (column, spec) in enumerate(zip(columns, specs[first : first + per_row], strict=False)):
+            with column:
+                chart(spec, data, key=f"{key_prefix}-{first + offset}")
+
+
+STATUS_COLOURS = {"UP": figures.GREEN, "up": figures.GREEN, "WARN": "#F58518", "DRAINING": "#F58518",
+                  "draining": "#F58518"}
+
+
+def status_style(value: object) -> str:
+    """CSS for a status cell: green when healthy, orange when draining/warning, red otherwise."""
+    if value is None or value != value:  # None or NaN: nothing known, no colour
+        return ""
+    return f"color: {STATUS_COLOURS.get(str(value), figures.RED)}; font-weight: 600"
+
+
+def table(frame: pd.DataFrame, name: str, key: str, column_config: dict[str, Any] | None = None,
+          height: int | str = "auto", formats: dict[str, str] | None = None, status_column: str | None = None
+          ) -> None:
+    """A sortable table with its CSV download (list-valued sparkline columns are left out of the CSV).
+
+    `formats` (column → format string) and `status_column` go through a pandas Styler, the one way to colour a
+    cell in st.dataframe; the CSV keeps the raw numbers.
+    """
+    shown: Any = frame
+    if formats or status_column:
+        styler = frame.style.format(formats or {}, na_rep="—")
+        if status_column:
+            styler = styler.map(status_style, subset=[status_column])
+        shown = styler
+    if height == "auto":
+        # every row visible up to ~20 (Streamlit's auto height stops at 10 and scrolls): 35 px a row + header
+        height = min(38 + 35 * max(len(frame), 1), 740)
+    st.dataframe(shown, hide_index=True, column_config=column_config, key=f"{key}-table", height=height)
+    exportable = frame[[c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, list)).all()]]
+    st.download_button(
+        f"Download {name} (CSV)", exportable.to_csv(index=False).encode(), file_name=f"fleetdeck-{key}.csv",
+        mime="text/csv", key=f"{key}-csv", icon=":material/download:",
+    )
