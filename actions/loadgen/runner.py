@@ -26,10 +26,12 @@ import queue as queue_module
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -398,7 +400,7 @@ def run_load(
 
     Call it from a thread without a running event loop (the dashboard: a background thread; the CLI: the main
     thread, where SIGINT cancels the run instead of killing it). With workers > 1 the workers are spawned
-    processes, so a script calling this must guard its entry point with `if __name__ == "__main__":`.
+    processes started without re-running the caller's `__main__` (see `_parent_main_hidden`).
     The progress callback runs on the generator's own thread (workers == 1) or in the parent: keep it quick.
     """
     target = check_target(spec.url, spec.allowed_hosts)
@@ -455,8 +457,9 @@ def _run_processes(
     overrun_at = started_at + _WORKER_STARTUP_ALLOWANCE_S + spec.duration_s + spec.timeout_s + 5.0
     next_progress = started_at + PROGRESS_EVERY_S
     try:
-        for process in processes:
-            process.start()
+        with _parent_main_hidden():
+            for process in processes:
+                process.start()
         pending = set(range(spec.workers))
         while pending:
             now = time.monotonic()
@@ -498,6 +501,23 @@ def _run_processes(
         results.close()
     # a worker that died keeps its last progress snapshot, so its requests are not lost from the totals
     return [finals.get(index, latest.get(index)) for index in range(spec.workers) if index in finals or index in latest]
+
+
+@contextlib.contextmanager
+def _parent_main_hidden() -> Iterator[None]:
+    """Start spawned workers without making them re-run the parent's `__main__` script.
+
+    A spawned child imports the parent's main module by path before unpickling its target. The workers need
+    only this module, and re-running the parent's script is wrong wherever that script is not import-safe: a
+    CLI or benchmark without a `__main__` guard, or a Streamlit page whose script runner left its temporary file
+    in `sys.modules["__main__"]`. So the spawn sees a bare main module while the workers start.
+    """
+    real_main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real_main
 
 
 def _handle(
