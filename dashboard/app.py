@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import ui  # noqa: E402
+from dashboard import auth_gate, ui  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 
@@ -35,9 +35,17 @@ def main() -> None:
                 st.Page(PAGES_DIR / "database.py", title="Database", icon=":material/database:"),
                 st.Page(PAGES_DIR / "redis.py", title="Redis", icon=":material/memory:"),
             ],
+            "Operate": [
+                st.Page(PAGES_DIR / "scaling_tests.py", title="Scaling tests", icon=":material/speed:"),
+                st.Page(PAGES_DIR / "audit.py", title="Audit log", icon=":material/history:"),
+            ],
+            "Readiness": [
+                st.Page(PAGES_DIR / "scorecard.py", title="Scorecard", icon=":material/verified:"),
+            ],
         }
     )
-    ui.fleet_config()  # a broken config stops here with the file and key named
+    config = ui.fleet_config()  # a broken config stops here with the file and key named
+    auth_gate.sidebar_identity(config)
     ui.sidebar_controls()
     ui.start_embedded_collectors()
     page.run()

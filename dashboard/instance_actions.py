@@ -1,13 +1,16 @@
-"""ACTION HOOK for the Instances page: the drain / restart / stop / scale buttons of the actions issue go here.
+"""The action buttons of the Instances and Load-balancer pages (drain, undrain, restart; scale, rolling restart).
 
-The Instances page calls `render_instance_actions` with an empty container placed right under the selected
-instance's header; today it draws nothing. Replace the body (keep the signature) to add the buttons; the page
-needs no change.
+Thin glue between the pages and dashboard/action_panel.py: it picks who is acting (the signed-in principal, else a
+read-only viewer) and hands the actions the uncached store. The actions layer checks the role again itself.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from dashboard import action_panel, auth_gate, ui
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -16,6 +19,24 @@ if TYPE_CHECKING:
     from core.store import Store
 
 
+def _principal() -> auth_gate.Principal:
+    return auth_gate.current_principal() or auth_gate.ANONYMOUS
+
+
 def render_instance_actions(slot: DeltaGenerator, config: FleetConfig, store: Store, instance_target: str) -> None:
     """Draw the action buttons for `instance_target` ("<service>/<instance_id>") into `slot`."""
-    del slot, config, store, instance_target  # nothing yet: the actions issue fills this in
+    del store  # the page's store reads through a cache; actions need fresh reads
+    service = instance_target.partition("/")[0]
+    if service not in {s.name for s in config.services}:
+        with slot:
+            st.caption("A static target: fleetdeck does not run it, so it has no actions.")
+        return
+    with slot:
+        action_panel.render_instance_actions(config, ui.live_store(), _principal(), instance_target)
+
+
+def render_service_actions(config: FleetConfig) -> None:
+    """Scale and rolling restart for every service, one expander each."""
+    for service in config.services:
+        with st.expander(f"Scale or roll **{service.name}**", icon=":material/tune:"):
+            action_panel.render_service_actions(config, ui.live_store(), _principal(), service.name)

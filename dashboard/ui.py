@@ -72,6 +72,11 @@ def store() -> Store:
         raise
 
 
+def live_store() -> Store:
+    """The store without the read cache, for actions: their locks and progress must be read fresh."""
+    return _store_at(fleet_config().store_url)
+
+
 @st.cache_resource(show_spinner=False)
 def _start_collectors(path: str) -> str | None:
     """One background scheduler per dashboard process (cache_resource + a lock: two first sessions racing)."""

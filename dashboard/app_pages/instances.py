@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import queries, ranges, ui
-from dashboard.instance_actions import render_instance_actions
+from dashboard.instance_actions import render_instance_actions, render_service_actions
 
 config = ui.fleet_config()
 store = ui.store()
@@ -39,6 +39,7 @@ def instances_panel() -> None:
 
 
 instances_panel()
+render_service_actions(config)
 
 st.subheader("Instance detail")
 targets = sorted(row.series.target for row in store.latest(source="instance", metric="up"))

@@ -7,6 +7,7 @@ import json
 import streamlit as st
 
 from dashboard import queries, ranges, ui
+from dashboard.instance_actions import render_instance_actions
 
 config = ui.fleet_config()
 store = ui.store()
@@ -65,3 +66,12 @@ if upstream_conf.is_file():
     st.code(upstream_conf.read_text(), language="nginx")
 else:
     st.caption(f"No rendered upstream yet ({upstream_conf} does not exist): the managed nginx writes it on start.")
+
+st.subheader("Take a server out of rotation")
+lb_targets = sorted(row.series.target for row in store.latest(source="instance", metric="up")
+                    if config.load_balancer and row.series.target.startswith(f"{config.load_balancer.service}/"))
+if lb_targets:
+    chosen = st.selectbox("Instance", lb_targets, key="fd_lb_instance")
+    render_instance_actions(st.container(), config, store, chosen)
+else:
+    st.caption("The upstream's instances appear here once the collectors have scraped them.")
