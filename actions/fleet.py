@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
 DASHBOARD_BOOT_TIMEOUT_S = 60.0
+COLLECTOR_SETTLE_S = 1.5
 
 
 class FleetStatus(TypedDict):
@@ -56,6 +57,7 @@ class FleetStatus(TypedDict):
     services: dict[str, dict[str, Any]]
     nginx: dict[str, Any]
     dashboard: dict[str, Any]
+    collector: dict[str, Any]
 
 
 def open_store(config: FleetConfig) -> Store:
@@ -97,51 +99,47 @@ def ensure_database(dsn: str) -> bool:
 # --- dashboard ---------------------------------------------------------------------------------------------
 
 
-class Dashboard:
-    """The Streamlit dashboard as a background process with a PID file under the state directory."""
+class BackgroundProcess:
+    """A long-running helper process of fleetdeck's own (dashboard, collector) with a PID file under the state
+    directory; its pid is trusted only while /proc shows it is still that program (pids get recycled)."""
 
-    def __init__(self, config: FleetConfig, app: Path | None = None, config_file: Path | None = None) -> None:
+    name = "process"
+
+    def __init__(self, config: FleetConfig, config_file: Path | None = None) -> None:
         self.config = config
-        self.app = app or DASHBOARD_APP
         self.config_file = config_file or config_path()
-        self.pid_path = config.state_path / "dashboard.pid"
-        self.log_path = config.state_path / "logs" / "dashboard.log"
-        self.url = f"http://{config.dashboard.host}:{config.dashboard.port}"
+        self.pid_path = config.state_path / f"{self.name}.pid"
+        self.log_path = config.state_path / "logs" / f"{self.name}.log"
+        self.spawned_at = 0.0
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def identity(self) -> tuple[str, ...]:
+        """Strings the process's command line must contain to be ours."""
+        raise NotImplementedError
+
+    def ready(self, process: subprocess.Popen[bytes]) -> bool:
+        return True
 
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return None
-        # our streamlit on our port, not whatever process inherited the pid
-        return pid if process_matches(pid, "streamlit", str(self.config.dashboard.port)) else None
-
-    def healthy(self) -> bool:
-        status, _ = http_get(f"{self.url}/_stcore/health", 1.0)
-        return status == 200
+        return pid if process_matches(pid, *self.identity()) else None
 
     def start(self, timeout_s: float = DASHBOARD_BOOT_TIMEOUT_S) -> int:
         pid = self.pid()
         if pid:
             return pid
-        if not port_is_free(self.config.dashboard.host, self.config.dashboard.port):
-            raise FleetError(
-                f"dashboard port {self.config.dashboard.host}:{self.config.dashboard.port} is in use by another"
-                " program; stop it or change dashboard.port"
-            )
-        argv = [
-            str(VENV_PYTHON), "-m", "streamlit", "run", str(self.app),
-            "--server.port", str(self.config.dashboard.port),
-            "--server.address", self.config.dashboard.host,
-            "--server.headless", "true",
-            "--browser.gatherUsageStats", "false",
-        ]
         env = {**os.environ, "FLEETDECK_CONFIG": str(self.config_file), "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spawned_at = time.monotonic()
         with self.log_path.open("ab") as handle:
             process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                self.argv(), stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env,
                 cwd=str(REPO_ROOT), start_new_session=True,
             )
         self.pid_path.write_text(f"{process.pid}\n")
@@ -149,13 +147,13 @@ class Dashboard:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self.pid_path.unlink(missing_ok=True)
-                raise FleetError(f"the dashboard exited with code {process.returncode}:\n{tail(self.log_path)}")
-            if self.healthy():
-                log.info("dashboard pid %s answers on %s", process.pid, self.url)
+                raise FleetError(f"the {self.name} exited with code {process.returncode}:\n{tail(self.log_path)}")
+            if self.ready(process):
+                log.info("%s pid %s is ready", self.name, process.pid)
                 return process.pid
             time.sleep(0.25)
         self.stop()
-        raise FleetError(f"the dashboard did not answer within {timeout_s:.0f}s:\n{tail(self.log_path)}")
+        raise FleetError(f"the {self.name} did not become ready within {timeout_s:.0f}s:\n{tail(self.log_path)}")
 
     def stop(self) -> bool:
         pid = self.pid()
@@ -166,7 +164,70 @@ class Dashboard:
 
     def status(self) -> dict[str, Any]:
         pid = self.pid()
-        return {"running": pid is not None, "pid": pid, "url": self.url, "healthy": bool(pid) and self.healthy()}
+        return {"running": pid is not None, "pid": pid}
+
+
+class Dashboard(BackgroundProcess):
+    """The Streamlit dashboard; ready once it answers /_stcore/health."""
+
+    name = "dashboard"
+
+    def __init__(self, config: FleetConfig, app: Path | None = None, config_file: Path | None = None) -> None:
+        super().__init__(config, config_file)
+        self.app = app or DASHBOARD_APP
+        self.url = f"http://{config.dashboard.host}:{config.dashboard.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            str(VENV_PYTHON), "-m", "streamlit", "run", str(self.app),
+            "--server.port", str(self.config.dashboard.port),
+            "--server.address", self.config.dashboard.host,
+            "--server.headless", "true",
+            "--browser.gatherUsageStats", "false",
+        ]
+
+    def identity(self) -> tuple[str, ...]:
+        return ("streamlit", str(self.config.dashboard.port))
+
+    def healthy(self) -> bool:
+        status, _ = http_get(f"{self.url}/_stcore/health", 1.0)
+        return status == 200
+
+    def ready(self, process: subprocess.Popen[bytes]) -> bool:
+        return self.healthy()
+
+    def start(self, timeout_s: float = DASHBOARD_BOOT_TIMEOUT_S) -> int:
+        if self.pid() is None and not port_is_free(self.config.dashboard.host, self.config.dashboard.port):
+            raise FleetError(
+                f"dashboard port {self.config.dashboard.host}:{self.config.dashboard.port} is in use by another"
+                " program; stop it or change dashboard.port"
+            )
+        return super().start(timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "url": self.url, "healthy": bool(self.pid()) and self.healthy()}
+
+
+class StandaloneCollector(BackgroundProcess):
+    """`fleetdeck collect` in the background: samples keep coming while no browser has the dashboard open.
+
+    Started by `up` when dashboard.embedded_collector is false (then the dashboard runs no scheduler itself).
+    """
+
+    name = "collector"
+
+    def argv(self) -> list[str]:
+        return [
+            str(VENV_PYTHON), "-c", "import sys; from cli.main import main; sys.exit(main())",
+            "--config", str(self.config_file), "collect",
+        ]
+
+    def identity(self) -> tuple[str, ...]:
+        return ("cli.main", "collect")
+
+    def ready(self, process: subprocess.Popen[bytes]) -> bool:
+        # ready once it survived its start-up (config, store, first jobs scheduled) without exiting
+        return time.monotonic() - self.spawned_at >= COLLECTOR_SETTLE_S
 
 
 # --- up / down / status ------------------------------------------------------------------------------------
@@ -274,6 +335,11 @@ def up(
                 raise FleetError(f"nginx: {result.detail}")
             say(f"nginx: {result.detail}")
 
+    if not config.dashboard.embedded_collector:
+        collector = StandaloneCollector(config, config_file)
+        already = collector.pid()
+        say(f"collector: {'already running' if already else 'started'}, pid {collector.start()}")
+
     if dashboard and app.exists():
         already = board.pid()
         pid = board.start()
@@ -286,12 +352,14 @@ def up(
 
 
 def down(config: FleetConfig, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Stop the dashboard, every recorded replica (gracefully) and nginx, all by PID."""
+    """Stop the dashboard, the standalone collector, every recorded replica (gracefully) and nginx, all by PID."""
     say: Progress = progress or log.info
     store = open_store(config)
-    summary: dict[str, Any] = {"dashboard": False, "replicas": [], "nginx": False}
+    summary: dict[str, Any] = {"dashboard": False, "collector": False, "replicas": [], "nginx": False}
     summary["dashboard"] = Dashboard(config).stop()
     say(f"dashboard: {'stopped' if summary['dashboard'] else 'was not running'}")
+    summary["collector"] = StandaloneCollector(config).stop()
+    say(f"collector: {'stopped' if summary['collector'] else 'was not running'}")
     orchestrator = LocalOrchestrator(config, store)
     for service in _local_services(config):
         for replica in orchestrator.list(service):
@@ -343,5 +411,8 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
             "servers": [s._asdict() for s in nginx.current()],
         })
     board = Dashboard(config, dashboard_app)
-    return FleetStatus(ts=time.time(), services=services, nginx=nginx_status, dashboard=board.status())
+    collector = {"embedded": config.dashboard.embedded_collector, **StandaloneCollector(config).status()}
+    return FleetStatus(
+        ts=time.time(), services=services, nginx=nginx_status, dashboard=board.status(), collector=collector
+    )
 
