@@ -19,15 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
-from core.config import FleetConfig, ServiceConfig, parse_config
-from tests.support import REPO_ROOT, RUN_ID, free_port, free_port_block, wait_http
-
-docker = pytest.importorskip("docker", reason="the docker SDK is in requirements.txt")
-
-from actions.base import UP, UpstreamServer  # noqa: E402
-from actions.docker_backend import (  # noqa: E402
+from actions.base import UP, UpstreamServer
+from actions.docker_backend import (
     LABEL_PROJECT,
     DockerOrchestrator,
     cpu_percent,
@@ -35,6 +31,8 @@ from actions.docker_backend import (  # noqa: E402
     parse_docker_time,
     reload_nginx_container,
 )
+from core.config import FleetConfig, ServiceConfig, parse_config
+from tests.support import REPO_ROOT, RUN_ID, free_port, free_port_block, wait_http
 
 SCRIPTS = Path(REPO_ROOT) / "scripts" / "docker"
 COMPOSE_DIR = Path(REPO_ROOT) / "compose"

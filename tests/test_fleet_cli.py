@@ -70,7 +70,6 @@ def fleet_file(tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str) -
         fleetdeck(path, "down")
 
 
-@pytest.mark.skipif(not SAMPLE_APP.exists(), reason="the sample app is not in this build")
 def test_up_twice_status_down(fleet_file: Path) -> None:
     first = fleetdeck(fleet_file, "up", "--no-dashboard")
     assert first.returncode == 0, first.stdout + first.stderr
