@@ -241,14 +241,19 @@ def _local_services(config: FleetConfig) -> list[ServiceConfig]:
 
 
 def desired_replicas(store: Store, service: ServiceConfig) -> int:
-    """The count the last scale action chose (kept within the configured bounds), else the config's `replicas`.
+    """The count the last scale action chose, else the config's `replicas` — within the effective limits.
 
-    Without this a later `up` would silently undo an operator's scale.
+    Without this a later `up` would silently undo an operator's scale. The bounds are the effective ones (an
+    admin's `fleetdeck limits` override wins over the config), so `up` never starts more or fewer than allowed.
     """
+    # imported here, not at the top: fleet.py needs only this one rule from the actions API (operations.py)
+    from actions.operations import effective_limits
+
+    low, high = effective_limits(store, service)
     chosen = (store.get_kv(f"desired:{service.name}") or {}).get("replicas")
-    if isinstance(chosen, int) and service.min_replicas <= chosen <= service.max_replicas:
+    if isinstance(chosen, int) and not isinstance(chosen, bool) and low <= chosen <= high:
         return chosen
-    return service.replicas
+    return min(max(service.replicas, low), high)
 
 
 def _start_replicas(
@@ -315,11 +320,14 @@ def up(
         # checked before anything starts, so a busy port fails fast instead of after every replica booted
         raise FleetError(f"dashboard port {host}:{port} is in use by another program; stop it or change dashboard.port")
 
+    from actions.operations import with_effective_limits  # see desired_replicas: the one rule fleet.py needs
+
     for service in _local_services(config):
         dsn = service.env.get("DATABASE_URL")
         if dsn and ensure_database(dsn):
             say(f"created database {conninfo.conninfo_to_dict(dsn).get('dbname')}")
-        _start_replicas(orchestrator, service, desired_replicas(store, service), say)
+        # the admin's limits may allow more replicas than the file does: the backend gets the effective bounds
+        _start_replicas(orchestrator, with_effective_limits(store, service), desired_replicas(store, service), say)
 
     if nginx:
         replicas = [r for r in orchestrator.list(config.service(nginx.lb.service)) if r.state in LIVE_STATES]

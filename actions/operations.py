@@ -1,4 +1,4 @@
-"""Operator actions: scale, drain, undrain, restart, rolling restart — safe, audited and role-checked.
+"""Operator actions: scale, drain, undrain, restart, rolling restart, set limits — safe, audited and role-checked.
 
 Every action goes through the same frame (`FleetActions._run`):
 
@@ -61,8 +61,10 @@ UNDRAIN = "undrain"
 RESTART = "restart"
 ROLLING_RESTART = "rolling_restart"
 FORCE = "force"  # force a drain past its timeout (admin)
+SET_LIMITS = "set_limits"  # override a service's [min_replicas, max_replicas] (admin)
 # The permission each action needs (names of actions.auth.PERMISSIONS).
-PERMISSION_OF = {SCALE: SCALE, DRAIN: DRAIN, UNDRAIN: UNDRAIN, RESTART: RESTART, ROLLING_RESTART: ROLLING_RESTART}
+PERMISSION_OF = {SCALE: SCALE, DRAIN: DRAIN, UNDRAIN: UNDRAIN, RESTART: RESTART, ROLLING_RESTART: ROLLING_RESTART,
+                 SET_LIMITS: "change_limits"}
 
 OnTimeout = Literal["abort", "force"]
 TimeoutChooser = Callable[[str], OnTimeout]  # given the situation text, return the operator's choice
@@ -172,6 +174,63 @@ def format_busy(holder: dict[str, Any]) -> str:
             f" (op {holder.get('op_id', '?')})")
 
 
+def limits_key(service: str) -> str:
+    return f"limits:{service}"
+
+
+class Limits(NamedTuple):
+    """A service's effective replica bounds and where they come from (for `fleetdeck limits` and the dashboard)."""
+
+    min_replicas: int
+    max_replicas: int
+    source: str  # "config" | "override"
+    by: str | None = None  # who set the override
+    ts: float | None = None  # when
+
+    def describe(self) -> str:
+        if self.source == "config":
+            return "from the config (min_replicas, max_replicas)"
+        when = datetime.fromtimestamp(self.ts).strftime("%Y-%m-%d %H:%M:%S") if self.ts else "?"
+        return f"override set by {self.by or '?'} at {when}"
+
+
+def port_capacity(service: ServiceConfig) -> int | None:
+    """How many replicas the local backend can place (one port each); None when the backend has no such bound."""
+    return len(service.ports.ports()) if service.backend == "local" else None
+
+
+def limits_of(store: Store, service: ServiceConfig) -> Limits:
+    """The effective bounds: the admin's override in the store when it is still valid, else the config's.
+
+    An override that no longer fits (the config's port range shrank, a hand-edited value) is ignored rather than
+    trusted: the config's bounds are always a safe fallback.
+    """
+    record = store.get_kv(limits_key(service.name)) or {}
+    low, high = record.get("min_replicas"), record.get("max_replicas")
+    capacity = port_capacity(service)
+    if (isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool) and not isinstance(high, bool)
+            and 0 <= low <= high and high >= 1 and (capacity is None or high <= capacity)):
+        ts = record.get("ts")
+        return Limits(low, high, "override", str(record.get("by") or "") or None,
+                      float(ts) if isinstance(ts, int | float) else None)
+    return Limits(service.min_replicas, service.max_replicas, "config")
+
+
+def effective_limits(store: Store, service: ServiceConfig) -> tuple[int, int]:
+    """(min_replicas, max_replicas) every bound check uses — never `service.min_replicas/max_replicas` directly."""
+    limits = limits_of(store, service)
+    return limits.min_replicas, limits.max_replicas
+
+
+def with_effective_limits(store: Store, service: ServiceConfig) -> ServiceConfig:
+    """The service config carrying its effective bounds, so the backends' own guards (LocalOrchestrator.start
+    refuses beyond `max_replicas`) agree with the override instead of the file."""
+    low, high = effective_limits(store, service)
+    if (low, high) == (service.min_replicas, service.max_replicas):
+        return service
+    return service.model_copy(update={"min_replicas": low, "max_replicas": high})
+
+
 def probe_health(replica: Replica, service: ServiceConfig, timeout_s: float = 1.0) -> Health:
     """GET the health path; parse status, inFlight and draining when the body is JSON."""
     status, body = http_get(f"{replica.base_url}{service.health.path}", min(timeout_s, service.health.timeout_s))
@@ -258,10 +317,12 @@ class FleetActions:
     # -- lookups ---------------------------------------------------------------------------------------------
 
     def _service(self, name: str) -> ServiceConfig:
+        """The named service with its effective limits applied (see `with_effective_limits`), or _Refusal."""
         try:
-            return self.config.service(name)
+            service = self.config.service(name)
         except KeyError as error:
             raise _Refusal(str(error.args[0])) from None
+        return with_effective_limits(self.store, service)
 
     def _live(self, service: ServiceConfig) -> list[Replica]:
         return [r for r in self.orchestrator(service).list(service) if r.state in LIVE_STATES]
@@ -658,20 +719,28 @@ class FleetActions:
     # -- scale -------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _parse_count(service: ServiceConfig, replicas: int | str) -> int:
-        if isinstance(replicas, bool):
-            raise _Refusal(f"N must be a whole number, got {replicas!r}")
-        if isinstance(replicas, str):
-            text = replicas.strip()
+    def _whole_number(value: int | str, what: str) -> int:
+        """An int from an int or a decimal string; bools and anything else are refused with `what` named."""
+        if isinstance(value, bool):
+            raise _Refusal(f"{what} must be a whole number, got {value!r}")
+        if isinstance(value, str):
+            text = value.strip()
             if not text.lstrip("-").isdigit():
-                raise _Refusal(f"N must be a whole number, got {replicas!r}")
-            replicas = int(text)
-        if not isinstance(replicas, int):
-            raise _Refusal(f"N must be a whole number, got {replicas!r}")
-        if not service.min_replicas <= replicas <= service.max_replicas:
+                raise _Refusal(f"{what} must be a whole number, got {value!r}")
+            return int(text)
+        if not isinstance(value, int):
+            raise _Refusal(f"{what} must be a whole number, got {value!r}")
+        return value
+
+    def _parse_count(self, service: ServiceConfig, replicas: int | str) -> int:
+        replicas = self._whole_number(replicas, "N")
+        limits = limits_of(self.store, self.config.service(service.name))
+        if not limits.min_replicas <= replicas <= limits.max_replicas:
+            where = ("min_replicas, max_replicas in the config" if limits.source == "config"
+                     else f"limits {limits.describe()}; see `fleetdeck limits {service.name}`")
             raise _Refusal(
-                f"N={replicas} is outside '{service.name}' bounds [{service.min_replicas}, {service.max_replicas}]"
-                " (min_replicas, max_replicas in the config)"
+                f"N={replicas} is outside '{service.name}' bounds [{limits.min_replicas}, {limits.max_replicas}]"
+                f" ({where})"
             )
         return replicas
 
@@ -733,21 +802,25 @@ class FleetActions:
 
     def scale(self, principal: Any, service_name: str, replicas: int | str, *,
               op_id: str | None = None) -> OperationResult:
-        """Scale to N within [min_replicas, max_replicas]; new replicas join only once healthy."""
+        """Scale to N within the effective [min, max] (`effective_limits`); new replicas join only once healthy."""
 
         def prepare() -> tuple[ServiceConfig, Callable[[audit.Operation], OperationResult]]:
             service = self._service(service_name)
             wanted = self._parse_count(service, replicas)
 
             def body(op: audit.Operation) -> OperationResult:
-                live = self._live(service)
+                # The limits may have changed between the preflight and the lock (set_limits takes the same lock):
+                # check again and act with the bounds as they are now.
+                current = self._service(service_name)
+                self._parse_count(current, wanted)
+                live = self._live(current)
                 if wanted == len(live):
-                    op.progress(f"'{service.name}' already runs {wanted} replica(s)", "noop")
-                    return OperationResult(True, f"'{service.name}' already at {wanted} replica(s) (no-op)",
+                    op.progress(f"'{current.name}' already runs {wanted} replica(s)", "noop")
+                    return OperationResult(True, f"'{current.name}' already at {wanted} replica(s) (no-op)",
                                            result=audit.NOOP)
                 if wanted > len(live):
-                    return self._scale_up(op, service, wanted - len(live))
-                return self._scale_down(op, service, live, len(live) - wanted)
+                    return self._scale_up(op, current, wanted - len(live))
+                return self._scale_down(op, current, live, len(live) - wanted)
 
             return service, body
 
@@ -834,6 +907,97 @@ class FleetActions:
                         f"removing {', '.join(names)} from the upstream")
         self.store.put_kv(f"desired:{service.name}", {"replicas": len(self._live(service)), "ts": time.time()})
         return OperationResult(True, f"stopped {', '.join(names)}", result=audit.OK)
+
+    # -- limits ------------------------------------------------------------------------------------------------
+
+    def _limits_preflight(self, service_name: str, min_replicas: int | str,
+                          max_replicas: int | str) -> tuple[ServiceConfig, Limits, int, int, int]:
+        """(service as in the config, current limits, new min, new max, live count) or _Refusal naming the problem."""
+        try:
+            service = self.config.service(service_name)
+        except KeyError as error:
+            raise _Refusal(str(error.args[0])) from None
+        low = self._whole_number(min_replicas, "--min")
+        high = self._whole_number(max_replicas, "--max")
+        if low < 0:
+            raise _Refusal(f"--min must be at least 0, got {low}")
+        if low > high:
+            raise _Refusal(f"--min ({low}) must be <= --max ({high})")
+        if high < 1:
+            # as in the config (max_replicas >= 1): a service nobody may run is a config change, not a limit
+            raise _Refusal(f"--max must be at least 1, got {high}")
+        capacity = port_capacity(service)
+        if capacity is not None and high > capacity:
+            raise _Refusal(
+                f"--max ({high}) exceeds the port range of '{service.name}' ({service.ports.start}-{service.ports.end}"
+                f" holds {capacity} port(s)); widen ports in the config first"
+            )
+        current = limits_of(self.store, service)
+        live = len(self._live(service))
+        # With nothing running (fleet down) there is no count to be out of bounds; `fleet up` clamps its desired
+        # count into the new bounds (actions.fleet.desired_replicas).
+        if live and not low <= live <= high:
+            raise _Refusal(
+                f"'{service.name}' runs {live} replica(s), outside the new limits [{low}, {high}]; scale it to within"
+                f" them first (`fleetdeck scale {service.name} {min(max(live, low), high)}`), then change the limits"
+            )
+        return service, current, low, high, live
+
+    def plan_set_limits(self, service_name: str, min_replicas: int | str, max_replicas: int | str,
+                        principal: Any | None = None) -> Plan:
+        """The dry-run of set_limits: the bounds before → after and where the current ones come from."""
+        plan = Plan(SET_LIMITS, service_name, service_name, True, "", confirm_text=service_name,
+                    params={"min_replicas": min_replicas, "max_replicas": max_replicas})
+        try:
+            if principal is not None:
+                require(principal, PERMISSION_OF[SET_LIMITS])
+            service, current, low, high, live = self._limits_preflight(service_name, min_replicas, max_replicas)
+            if (current.min_replicas, current.max_replicas) == (low, high):
+                plan.noop, plan.disruptive = True, False
+                plan.reason = (f"'{service.name}' limits are already [{low}, {high}] ({current.describe()}):"
+                               " nothing to do")
+            else:
+                # No traffic moves, but the safety bounds do: it keeps `disruptive` so it is confirmed by name.
+                plan.reason = (f"limits of '{service.name}': [{current.min_replicas}, {current.max_replicas}]"
+                               f" ({current.describe()}) → [{low}, {high}]; {live} replica(s) running")
+                plan.steps = [f"record the override {limits_key(service.name)} = [{low}, {high}] in the store",
+                              "scale (CLI, dashboard) and `fleetdeck up` keep within the new limits from then on"]
+        except PermissionDenied as error:
+            plan.allowed, plan.reason = False, f"permission denied: {error}"
+        except (_Refusal, FleetdeckActionError) as error:
+            plan.allowed, plan.reason = False, str(error)
+        return plan
+
+    def set_limits(self, principal: Any, service: str, min_replicas: int | str, max_replicas: int | str,
+                   op_id: str | None = None) -> OperationResult:
+        """Override the service's [min_replicas, max_replicas] in the store (admin); refused when the running
+        count would fall outside the new bounds; the same limits again is a no-op."""
+        params = {"service": service, "min_replicas": min_replicas, "max_replicas": max_replicas}
+
+        def prepare() -> tuple[ServiceConfig, Callable[[audit.Operation], OperationResult]]:
+            config_service = self._limits_preflight(service, min_replicas, max_replicas)[0]
+
+            def body(op: audit.Operation) -> OperationResult:
+                # again under the lock: a scale that finished meanwhile may have moved the count
+                _, current, low, high, live = self._limits_preflight(service, min_replicas, max_replicas)
+                previous = {"min_replicas": current.min_replicas, "max_replicas": current.max_replicas,
+                            "source": current.source}
+                if (current.min_replicas, current.max_replicas) == (low, high):
+                    op.progress(f"'{service}' limits are already [{low}, {high}]", "noop")
+                    return OperationResult(True, f"'{service}' limits already [{low}, {high}] (no-op)",
+                                           after={"limits": previous}, result=audit.NOOP)
+                record = {"min_replicas": low, "max_replicas": high, "by": principal.name, "ts": time.time()}
+                self.store.put_kv(limits_key(service), record)
+                op.progress(f"limits of '{service}' set to [{low}, {high}]", "limits")
+                return OperationResult(
+                    True, f"'{service}' limits [{current.min_replicas}, {current.max_replicas}] → [{low}, {high}]"
+                          f" ({live} replica(s) running)",
+                    after={"limits": {**record, "source": "override"}, "previous_limits": previous},
+                    result=audit.OK)
+
+            return config_service, body
+
+        return self._run(principal, SET_LIMITS, service, params, prepare, op_id)
 
     # -- restart -----------------------------------------------------------------------------------------------
 

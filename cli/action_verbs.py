@@ -1,4 +1,4 @@
-"""`fleetdeck scale|drain|undrain|restart|hash-password`: the operator actions on the command line.
+"""`fleetdeck scale|drain|undrain|restart|limits|hash-password`: the operator actions on the command line.
 
 The CLI acts as the OS user, with the role `auth.cli_roles` gives that user; the role check itself happens in
 the actions layer (actions/operations.py), so the CLI cannot do more than the dashboard would allow.
@@ -129,6 +129,32 @@ def _restart(args: argparse.Namespace) -> int:
     return _exit_code(actions.restart(principal, args.target))
 
 
+def _limits(args: argparse.Namespace) -> int:
+    """Show the effective limits (no --min/--max), or change them (admin); one of the two defaults to the current."""
+    from actions.operations import limits_of
+
+    actions, principal = _actions(args)
+    try:
+        service = actions.config.service(args.service)
+    except KeyError as error:
+        print(f"fleetdeck: refused: {error.args[0]}", file=sys.stderr)
+        return EXIT_REFUSED
+    current = limits_of(actions.store, service)
+    if args.min is None and args.max is None:
+        print(f"{service.name}: min {current.min_replicas}, max {current.max_replicas} ({current.describe()})")
+        if current.source != "config":
+            print(f"  config: min {service.min_replicas}, max {service.max_replicas}")
+        return EXIT_OK
+    low = args.min if args.min is not None else str(current.min_replicas)
+    high = args.max if args.max is not None else str(current.max_replicas)
+    plan = actions.plan_set_limits(service.name, low, high, principal)
+    if args.dry_run:
+        return _dry_run(plan)
+    if not _confirmed(args, plan):
+        return EXIT_REFUSED
+    return _exit_code(actions.set_limits(principal, service.name, low, high))
+
+
 def _hash_password(args: argparse.Namespace) -> int:
     from actions.auth import hash_password
 
@@ -176,6 +202,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     restart.add_argument("--rolling", action="store_true", help="restart every replica of SERVICE, one at a time")
     _common(restart)
     restart.set_defaults(handler=_restart)
+
+    limits = subparsers.add_parser(
+        "limits", help="show a service's replica limits, or change them with --min/--max (admin)")
+    limits.add_argument("service")
+    # strings, not type=int: the actions layer validates them, so a bad value is refused *and audited*
+    limits.add_argument("--min", metavar="N", default=None, help="new min_replicas (default: the current one)")
+    limits.add_argument("--max", metavar="M", default=None, help="new max_replicas (default: the current one)")
+    _common(limits)
+    limits.set_defaults(handler=_limits)
 
     hashing = subparsers.add_parser("hash-password", help="read a password (stdin or prompt), print its argon2 hash")
     hashing.set_defaults(handler=_hash_password)

@@ -1,4 +1,5 @@
-"""The action buttons of the dashboard: drain / undrain / restart an instance, scale / rolling-restart a service.
+"""The action buttons of the dashboard: drain / undrain / restart an instance, scale / rolling-restart a service,
+and (admin) change a service's replica limits.
 
 Flow: button → dry-run preview (`plan_*`: affected replicas, upstream diff, refusal reason) → typed confirmation
 (the operator types the instance or service name) → the action runs in a background thread of this Streamlit
@@ -22,8 +23,20 @@ import streamlit as st
 from actions import audit
 from actions.auth import Principal, allowed
 from actions.base import new_op_id
-from actions.operations import DRAIN, RESTART, ROLLING_RESTART, SCALE, UNDRAIN, FleetActions, Plan
-from core.config import FleetConfig
+from actions.operations import (
+    DRAIN,
+    PERMISSION_OF,
+    RESTART,
+    ROLLING_RESTART,
+    SCALE,
+    SET_LIMITS,
+    UNDRAIN,
+    FleetActions,
+    Plan,
+    limits_of,
+    port_capacity,
+)
+from core.config import FleetConfig, ServiceConfig
 from core.store import Store
 
 PENDING_KEY = "fd_pending_action"  # {"kind", "target", "params"} of the action being previewed in this session
@@ -179,7 +192,8 @@ def render_instance_actions(config: FleetConfig, store: Store, principal: Princi
 
 
 def render_service_actions(config: FleetConfig, store: Store, principal: Principal, service: str) -> None:
-    """Scale (within [min, max]) and rolling-restart for one service, with preview, confirm and live status."""
+    """Scale (within the effective [min, max]), rolling restart and (admin) limits for one service, with preview,
+    confirm and live status."""
     key = f"fd-svc-{service}"
     try:
         service_config = config.service(service)
@@ -187,23 +201,30 @@ def render_service_actions(config: FleetConfig, store: Store, principal: Princip
         st.error(str(error.args[0]))
         return
     actions = FleetActions(config, store)
+    limits = limits_of(store, service_config)
+    low, high = limits.min_replicas, limits.max_replicas
     left, middle, right = st.columns([2, 1, 1])
     wanted = left.number_input(
-        f"Replicas ({service_config.min_replicas}–{service_config.max_replicas})", key=f"{key}-n",
-        min_value=service_config.min_replicas, max_value=service_config.max_replicas,
-        value=service_config.replicas, step=1,
+        # the bounds are part of the key: when an admin changes the limits the widget starts afresh instead of
+        # keeping a value now outside them
+        f"Replicas ({low}–{high})", key=f"{key}-n-{low}-{high}", min_value=low, max_value=high,
+        value=min(max(service_config.replicas, low), high), step=1, help=f"limits {limits.describe()}",
     )
     if middle.button("Scale", key=f"{key}-scale", icon=":material/tune:", disabled=not allowed(principal, SCALE)):
         st.session_state[PENDING_KEY] = {"kind": SCALE, "target": service, "params": {"replicas": int(wanted)}}
     if right.button("Rolling restart", key=f"{key}-rolling", icon=":material/autorenew:",
                     disabled=not allowed(principal, ROLLING_RESTART)):
         st.session_state[PENDING_KEY] = {"kind": ROLLING_RESTART, "target": service, "params": {}}
+    _limits_control(store, principal, service_config, key)
     pending = st.session_state.get(PENDING_KEY)
     if pending and pending.get("target") == service:
         kind = pending["kind"]
-        replicas = int(pending["params"].get("replicas", wanted))
+        params = pending["params"]
+        replicas = int(params.get("replicas", wanted))
         if kind == SCALE:
             plan = actions.plan_scale(service, replicas, principal)
+        elif kind == SET_LIMITS:
+            plan = actions.plan_set_limits(service, params["min_replicas"], params["max_replicas"], principal)
         else:
             plan = actions.plan_rolling_restart(service, principal)
 
@@ -211,7 +232,28 @@ def render_service_actions(config: FleetConfig, store: Store, principal: Princip
             fresh = FleetActions(config, store)
             if kind == SCALE:
                 return lambda: fresh.scale(principal, service, replicas, op_id=op_id)
+            if kind == SET_LIMITS:
+                return lambda: fresh.set_limits(principal, service, params["min_replicas"], params["max_replicas"],
+                                                op_id=op_id)
             return lambda: fresh.rolling_restart(principal, service, op_id=op_id)
 
         _preview_and_confirm(actions, principal, plan, f"{key}-{kind}", run)
     _live_status(store, service, key)
+
+
+def _limits_control(store: Store, principal: Principal, service_config: ServiceConfig, key: str) -> None:
+    """Min/max inputs and a "Limits" button (admin only; others see the limits and where they come from)."""
+    limits = limits_of(store, service_config)
+    may = allowed(principal, PERMISSION_OF[SET_LIMITS])
+    no = None if may else f"needs the admin role (you are {principal.role})"
+    # the port range is the hard ceiling of the local backend; other backends keep the config's max as the UI cap
+    ceiling = port_capacity(service_config) or max(service_config.max_replicas, limits.max_replicas)
+    low_col, high_col, button_col, note_col = st.columns([1, 1, 1, 1])
+    low = low_col.number_input("Min replicas", key=f"{key}-lim-min", min_value=0, max_value=ceiling,
+                               value=limits.min_replicas, step=1, disabled=not may, help=no)
+    high = high_col.number_input("Max replicas", key=f"{key}-lim-max", min_value=1, max_value=ceiling,
+                                 value=limits.max_replicas, step=1, disabled=not may, help=no)
+    if button_col.button("Limits", key=f"{key}-limits", icon=":material/straighten:", disabled=not may, help=no):
+        st.session_state[PENDING_KEY] = {"kind": SET_LIMITS, "target": service_config.name,
+                                         "params": {"min_replicas": int(low), "max_replicas": int(high)}}
+    note_col.caption(f"Limits [{limits.min_replicas}, {limits.max_replicas}]: {limits.describe()}")

@@ -3,6 +3,7 @@ scaling run and test-run documents (the pages only read the store; the figures a
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "app_pages"
 TIMEOUT_S = 60
 
 
-def seeded_config(directory: Path, with_data: bool) -> Path:
+def seeded_config(directory: Path, with_data: bool, runs: int = 2) -> Path:
     config = directory / "fleet.yaml"
     config.write_text(f"""
 state_dir: {directory / "run"}
@@ -32,7 +33,8 @@ dashboard: {{embedded_collector: false}}
     store = Store(f"sqlite:///{directory / 'fleetdeck.db'}")
     if with_data:
         now = time.time()
-        for run, offset, failing in (("readiness-old", 7200, {"stateless_sessions"}), ("readiness-new", 0, set())):
+        seeded = (("readiness-old", 7200, {"stateless_sessions"}), ("readiness-new", 0, set()))[-runs:]
+        for run, offset, failing in seeded:
             for index, rule in enumerate(RULES):
                 status = "fail" if rule.id in failing else ("pass" if rule.level != "Gold" else "warn")
                 store.add_fact(Fact(None, run, rule.id, rule.level, "web", now - offset + index, status,
@@ -56,8 +58,8 @@ dashboard: {{embedded_collector: false}}
 
 @pytest.fixture
 def open_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
-    def run(page: str, with_data: bool = True) -> AppTest:
-        monkeypatch.setenv("FLEETDECK_CONFIG", str(seeded_config(tmp_path, with_data)))
+    def run(page: str, with_data: bool = True, runs: int = 2) -> AppTest:
+        monkeypatch.setenv("FLEETDECK_CONFIG", str(seeded_config(tmp_path, with_data, runs)))
         return AppTest.from_file(str(PAGES / f"{page}.py"), default_timeout=TIMEOUT_S).run()
 
     return run
@@ -73,7 +75,26 @@ def test_scorecard_page_shows_level_rules_and_exports(open_page) -> None:  # typ
     assert metrics["Gold"] == "warn" and metrics["Bronze"] == "pass"
     frame = app.dataframe[0].value
     assert len(frame) == len(RULES)
+    # plain readable statuses: material-icon shortcodes do not render inside dataframe cells
+    assert set(frame["status"]) == {"✅ pass", "⚠️ warn"}
     assert "readiness-new" in app.selectbox[0].value
+    trend = trend_spec(app)
+    assert trend["layout"]["xaxis"]["type"] == "category" and len(trend["data"][0]["x"]) == 2
+
+
+def trend_spec(app: AppTest) -> dict:  # type: ignore[type-arg]
+    chart = next(c for c in app.get("plotly_chart") if "Score over past runs" in c.proto.spec)
+    return json.loads(chart.proto.spec)  # type: ignore[no-any-return]
+
+
+def test_scorecard_trend_with_one_run_has_one_category_tick(open_page) -> None:  # type: ignore[no-untyped-def]
+    app = open_page("scorecard", runs=1)
+    assert not app.exception, app.exception
+    trend = trend_spec(app)
+    # a date axis would zoom one point to sub-second ticks; a category axis shows the run's time once
+    assert trend["layout"]["xaxis"]["type"] == "category"
+    (label,) = trend["data"][0]["x"]
+    assert time.strptime(label, "%Y-%m-%d %H:%M")
 
 
 def test_scorecard_page_without_runs(open_page) -> None:  # type: ignore[no-untyped-def]

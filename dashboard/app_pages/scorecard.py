@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from actions import report, scorecard, testruns
@@ -16,6 +17,32 @@ from actions.auth import allowed
 from actions.readiness import RUN_PREFIX
 from actions.scaling import latest_scaling_run
 from dashboard import auth_gate, ui
+
+# Plain symbols, not ":material/...:" shortcodes: those render only in markdown, and st.dataframe cells are text.
+STATUS_LABELS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "unknown": "❔ unknown"}
+
+
+def run_labels(runs: list[scorecard.RunSummary]) -> list[str]:
+    """One distinct, readable label per run (its local time; #2, #3... when two runs share a minute)."""
+    labels: list[str] = []
+    for run in runs:
+        label = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.ts))
+        repeat = sum(1 for seen in labels if seen == label or seen.startswith(f"{label} #"))
+        labels.append(f"{label} #{repeat + 1}" if repeat else label)
+    return labels
+
+
+def trend_chart(runs: list[scorecard.RunSummary]) -> go.Figure:
+    """The report's trend figure on a category axis: one tick per run, in run order.
+
+    On a date axis a single run zooms to a sub-second range (ticks like 12:00:00.0005); runs also come at irregular
+    intervals, so evenly spaced runs read better than a mostly empty time line.
+    """
+    figure = report.trend_figure(runs)
+    figure.update_traces(x=run_labels(runs))
+    figure.update_xaxes(type="category", title="run", tickangle=0 if len(runs) <= 4 else -30)
+    return figure
+
 
 config = ui.fleet_config()
 store = ui.store()
@@ -47,14 +74,13 @@ badge = {"Gold": ":orange-badge", "Silver": ":gray-badge", "Bronze": ":red-badge
 level_cells = st.columns(len(scorecard.LEVELS) + 2)
 level_cells[0].markdown(f"## {badge}[{card.level or 'no level'}]")
 level_cells[1].metric("Points", f"{card.percent:.0f}%", help=f"{card.earned:g} of {card.total} points")
-icons = {"pass": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/cancel:",
-         "unknown": ":material/help:"}
 for cell, level in zip(level_cells[2:], scorecard.LEVELS, strict=True):
     status = card.level_status(level)
     cell.metric(level, status, help="reached only when all its rules and all lower levels' rules pass")
 
 table = pd.DataFrame([{
-    "level": r.rule.level, "rule": r.rule.title, "status": f"{icons[r.status]} {r.status}", "observed": r.observed,
+    "level": r.rule.level, "rule": r.rule.title, "status": STATUS_LABELS.get(r.status, r.status),
+    "observed": r.observed,
     "points": f"{r.earned:g}/{r.rule.points}",
     "time": pd.to_datetime(r.ts, unit="s") if r.ts else None, "measured by": r.rule.measured_by,
 } for r in card.results])
@@ -66,7 +92,7 @@ with st.expander("Evidence", icon=":material/search:"):
         st.json(result.evidence, expanded=False)
 
 left, right = st.columns(2)
-left.plotly_chart(report.trend_figure(runs), key="fd_sc_trend")
+left.plotly_chart(trend_chart(runs), key="fd_sc_trend")
 right.plotly_chart(report.points_figure(card), key="fd_sc_points")
 scaling_run = latest_scaling_run(store, service)
 if scaling_run and scaling_run.get("steps"):
