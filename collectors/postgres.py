@@ -29,6 +29,7 @@ REGISTRY = MetricRegistry(
         LATENCY,
         MetricSpec("connections", "count", "client sessions by state and application (monitor excluded)"),
         MetricSpec("connections_total", "count", "client sessions (monitor excluded)"),
+        MetricSpec("monitor_connections", "count", "sessions of fleetdeck monitors (every collecting process has one)"),
         MetricSpec("max_connections", "count", "max_connections"),
         MetricSpec("connection_budget", "count", "max_connections - superuser_reserved - reserved (PG16+)"),
         MetricSpec("headroom", "count", "connection_budget - all client sessions (the monitor included: it uses one)"),
@@ -162,6 +163,7 @@ class PostgresCollector:
         headroom = budget - all_sessions
         out += [
             sample(key, "connections_total", total_excluding_monitor, ts),
+            sample(key, "monitor_connections", all_sessions - total_excluding_monitor, ts),
             sample(key, "max_connections", max_connections, ts),
             sample(key, "connection_budget", budget, ts),
             sample(key, "headroom", headroom, ts),
