@@ -193,7 +193,13 @@ class SwarmOrchestrator:
                 raise BackendError(f"cannot stop the container of {instance_id}: {error}") from None
         # Swarm removes a slot whose task it has seen stop before running ones, but only once the agent has
         # reported the exit: scale before that and Swarm picks among "running" slots at random.
-        self._wait_task_not_running(swarm_service, str(task.get("ID")), timeout_s=10.0)
+        # A busy daemon can take well over 10 s to report; scaling before it has would remove a random healthy slot
+        # (one that was never drained), so an unreported exit refuses the scale-down instead.
+        if not self._wait_task_not_running(swarm_service, str(task.get("ID")), timeout_s=max(30.0, grace + 20.0)):
+            raise BackendError(
+                f"swarm has not reported {instance_id}'s task stopped (container exit {exit_code}); not scaling down,"
+                " so Swarm cannot remove another, undrained slot instead — retry when the daemon is less busy"
+            )
         self.scale(service, max(0, desired - 1))
         remaining = self._wait_settled(service, desired - 1, deadline_s=max(10.0, grace + 10.0))
         if instance_id in remaining:
@@ -207,13 +213,15 @@ class SwarmOrchestrator:
                     {"task": task.get("ID"), "exit_code": exit_code, "grace_s": grace})
         return replica._replace(state=STOPPED)
 
-    def _wait_task_not_running(self, swarm_service: Service, task_id: str, timeout_s: float) -> None:
+    def _wait_task_not_running(self, swarm_service: Service, task_id: str, timeout_s: float) -> bool:
+        """True once Swarm reports the task anything but running (or forgot it); False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             states = [t.get("Status", {}).get("State") for t in swarm_service.tasks() if t.get("ID") == task_id]
             if not states or states[0] != "running":
-                return
+                return True
             time.sleep(self.poll_s)
+        return False
 
     def _wait_settled(self, service: ServiceConfig, replicas: int, deadline_s: float) -> set[str]:
         """Wait until exactly `replicas` slots have a running task; return their instance ids."""
