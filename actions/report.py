@@ -46,14 +46,29 @@ def points_figure(card: Scorecard) -> go.Figure:
     return figure
 
 
+def run_labels(runs: Sequence[RunSummary]) -> list[str]:
+    """One distinct, readable label per run (its local time; #2, #3... when two runs share a minute)."""
+    labels: list[str] = []
+    for run in runs:
+        label = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.ts))
+        repeat = sum(1 for seen in labels if seen == label or seen.startswith(f"{label} #"))
+        labels.append(f"{label} #{repeat + 1}" if repeat else label)
+    return labels
+
+
 def trend_figure(runs: Sequence[RunSummary]) -> go.Figure:
-    """% of points per past run, with the level reached as the marker label."""
+    """% of points per past run, with the level reached as the marker label, one category tick per run.
+
+    On a date axis a single run zooms to a sub-second range (ticks like 12:00:00.0005); runs also come at irregular
+    intervals, so evenly spaced runs read better than a mostly empty time line.
+    """
     figure = go.Figure(go.Scatter(
-        x=[time.strftime("%Y-%m-%d %H:%M", time.localtime(r.ts)) for r in runs], y=[r.percent for r in runs],
+        x=run_labels(runs), y=[r.percent for r in runs],
         mode="lines+markers+text", text=[r.level or "—" for r in runs], textposition="top center",
         hovertext=[r.run_id for r in runs], name="score"))
     figure.update_layout(title="Score over past runs", height=300, yaxis={"range": [0, 105], "title": "% of points"},
                          margin={"t": 40, "b": 30})
+    figure.update_xaxes(type="category", title="run", tickangle=0 if len(runs) <= 4 else -30)
     return figure
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from actions import report, scorecard, testruns
@@ -20,28 +19,6 @@ from dashboard import auth_gate, ui
 
 # Plain symbols, not ":material/...:" shortcodes: those render only in markdown, and st.dataframe cells are text.
 STATUS_LABELS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "unknown": "❔ unknown"}
-
-
-def run_labels(runs: list[scorecard.RunSummary]) -> list[str]:
-    """One distinct, readable label per run (its local time; #2, #3... when two runs share a minute)."""
-    labels: list[str] = []
-    for run in runs:
-        label = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.ts))
-        repeat = sum(1 for seen in labels if seen == label or seen.startswith(f"{label} #"))
-        labels.append(f"{label} #{repeat + 1}" if repeat else label)
-    return labels
-
-
-def trend_chart(runs: list[scorecard.RunSummary]) -> go.Figure:
-    """The report's trend figure on a category axis: one tick per run, in run order.
-
-    On a date axis a single run zooms to a sub-second range (ticks like 12:00:00.0005); runs also come at irregular
-    intervals, so evenly spaced runs read better than a mostly empty time line.
-    """
-    figure = report.trend_figure(runs)
-    figure.update_traces(x=run_labels(runs))
-    figure.update_xaxes(type="category", title="run", tickangle=0 if len(runs) <= 4 else -30)
-    return figure
 
 
 config = ui.fleet_config()
@@ -92,7 +69,7 @@ with st.expander("Evidence", icon=":material/search:"):
         st.json(result.evidence, expanded=False)
 
 left, right = st.columns(2)
-left.plotly_chart(trend_chart(runs), key="fd_sc_trend")
+left.plotly_chart(report.trend_figure(runs), key="fd_sc_trend")
 right.plotly_chart(report.points_figure(card), key="fd_sc_points")
 scaling_run = latest_scaling_run(store, service)
 if scaling_run and scaling_run.get("steps"):
