@@ -323,6 +323,16 @@ class ManagedNginx:
         log.info("nginx master %s stopped (%s)", pid, outcome)
         return True
 
+    def old_generation_workers(self) -> int:
+        """Workers of an older generation still finishing their requests after a reload (nginx titles them
+        "nginx: worker process is shutting down"); they may still send requests to a server now marked down."""
+        master = self.master_pid()
+        if master is None:
+            return 0
+        return sum(
+            1 for child in self._children_of(master) if "shutting down" in " ".join(proc_cmdline(child) or [])
+        )
+
     @staticmethod
     def _children_of(pid: int) -> list[int]:
         children: list[int] = []

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from actions import audit
@@ -50,7 +49,7 @@ from actions.base import (
     UpstreamServer,
     new_op_id,
 )
-from actions.local import http_get, proc_cmdline
+from actions.local import http_get
 from core.config import FleetConfig, ServiceConfig
 from core.store import Store
 
@@ -678,23 +677,8 @@ class FleetActions:
     def _old_nginx_workers(self, service: ServiceConfig) -> int:
         """nginx workers of an older generation still finishing requests (they may still hit the target)."""
         balancer = self.balancer(service)
-        master = balancer.master_pid() if balancer is not None and hasattr(balancer, "master_pid") else None
-        if not master:
-            return 0
-        count = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid != master:
-                continue
-            argv = proc_cmdline(int(entry.name)) or []
-            if "shutting down" in " ".join(argv):
-                count += 1
-        return count
+        counter = getattr(balancer, "old_generation_workers", None)  # an external nginx is not ours to inspect
+        return counter() if counter is not None else 0
 
     def undrain(self, principal: Any, instance: str, *, op_id: str | None = None) -> OperationResult:
         """Put a drained instance back in rotation (it must be healthy)."""
