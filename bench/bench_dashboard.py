@@ -10,6 +10,7 @@ chart query ≤ 50 ms, ≤ 2,000 points per trace.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -63,11 +64,26 @@ def time_chart_queries(store: Store, label: str, now: float, repeats: int = 3) -
         shapes[f"{source}/{metric}"] = (len(traces), max((len(t) for t in traces), default=0))
         return traces
 
+    # Full (generation 2) GC passes scan the whole process heap (Streamlit, pandas, plotly: 40-100 ms here); one
+    # landing inside a chart query once made instance/up look slow. Counted so such a pause is told from SQL.
+    full_gc: list[float] = []
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            full_gc.append((time.perf_counter() - gc_started[0]) * 1000)
+
     queries.fetch = timed  # type: ignore[assignment]
+    gc.callbacks.append(gc_watch)
     try:
         for _ in range(repeats):
             charts = queries.overview_charts(store, window)
     finally:
+        gc.callbacks.remove(gc_watch)
         queries.fetch = original  # type: ignore[assignment]
     print(f"\nOverview chart queries, range {label} (first pass / median of {repeats}):")
     medians = []
@@ -82,6 +98,7 @@ def time_chart_queries(store: Store, label: str, now: float, repeats: int = 3) -
              for c in charts]
     most = max((len(t.x) for f in drawn for t in f.data), default=0)
     print(f"  largest trace drawn: {most} points")
+    print(f"  full GC passes during the {repeats} passes: {len(full_gc)} ({sum(full_gc):.0f} ms)")
     return max(medians), most
 
 

@@ -108,6 +108,8 @@ def main() -> int:
 
     report(f"query 1 series {span}, rolled up", lambda: chart(one))
     report(f"query {len(ids)} series {span}, rolled up", lambda: chart(ids))
+    # what the dashboard's charts call: the same buckets as arrays, no Point object per bucket
+    report(f"query_columns {len(ids)} series {span}, rolled up", lambda: store.query_columns(ids, start, now, 2000))
     report(f"query {len(ids)} series last 1 h (raw)", lambda: store.query(ids, now - 3600, now, max_points=2000))
     report(f"rate {len(ids)} series {span}, rolled up", lambda: store.query(ids, start, now, 2000, rate=True))
     report("rate 1 series last 1 h (raw)", lambda: store.rate(ids[0], now - 3600, now))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from dashboard.ranges import Window
-from dashboard.series import Trace, sum_traces, trace_from_points
+from dashboard.series import Trace, sum_traces, trace_from_columns
 
 if TYPE_CHECKING:
     from core.store import Event, Latest, SeriesInfo, Store, TargetStatus
@@ -131,9 +131,10 @@ def fetch(
     infos = [info for info in store.find_series(source=source, metric=metric) if keep is None or keep(info)]
     if not infos:
         return []
-    points = store.query([i.id for i in infos], window.start, window.end, max_points=max_points, rate=rate)
+    # columns, not Points: thousands of per-point objects per chart used to set off full GC passes (store.py)
+    columns = store.query_columns([i.id for i in infos], window.start, window.end, max_points=max_points, rate=rate)
     label = name or (lambda info: info.target)
-    traces = [trace_from_points(label(info), points.get(info.id, [])) for info in infos]
+    traces = [trace_from_columns(label(info), columns[info.id]) for info in infos if info.id in columns]
     return sorted((t for t in traces if len(t)), key=lambda t: t.name)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from core.store import Event, Latest, Point, SeriesInfo, Store, TargetStatus
+    from core.store import Columns, Event, Latest, Point, SeriesInfo, Store, TargetStatus
 
 T = TypeVar("T")
 
@@ -83,6 +83,13 @@ class CachedStore:
         key = ("query", tuple(sorted(series_ids)), start, end, max_points, rate)
         return self._cached(key, HISTORY_TTL_S,
                             lambda: self.store.query(series_ids, start, end, max_points=max_points, rate=rate))
+
+    def query_columns(self, series_ids: Sequence[int], start: float, end: float, max_points: int = 2000,
+                      rate: bool = False) -> dict[int, Columns]:
+        # shared between sessions: the arrays are read-only by convention (traces wrap them without a copy)
+        key = ("query_columns", tuple(sorted(series_ids)), start, end, max_points, rate)
+        return self._cached(key, HISTORY_TTL_S, lambda: self.store.query_columns(series_ids, start, end,
+                                                                                  max_points=max_points, rate=rate))
 
     def latest(self, source: str | None = None, metric: str | None = None, target: str | None = None) -> list[Latest]:
         return self._cached(("latest", source, metric, target), LIVE_TTL_S,

@@ -437,3 +437,58 @@ def test_sqlite_file_is_created_in_wal_mode(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_labels_json_is_cached_per_label_tuple() -> None:
+    from core.store import _labels_json_cached
+
+    assert labels_json(()) == "{}"
+    labels = labels_of(state="idle", application="web-7")
+    _labels_json_cached.cache_clear()
+    for _ in range(3):
+        assert labels_json(labels) == '{"application":"web-7","state":"idle"}'
+    info = _labels_json_cached.cache_info()
+    assert (info.misses, info.hits) == (1, 2)  # one json.dumps per distinct label set, not per sample
+    # a hand-built, unhashable label set is still canonicalised (not cached)
+    assert labels_json([("b", "2"), ("a", "1")]) == '{"a":"1","b":"2"}'  # type: ignore[arg-type]
+
+
+def test_query_columns_match_points_and_create_no_object_per_bucket(store: Store) -> None:
+    """Charts read `query_columns`: the same numbers as `query`, without one GC-tracked object per bucket (those
+    used to trigger full collections of the dashboard's heap inside chart queries)."""
+    import gc
+    import warnings
+
+    from sqlalchemy.exc import SADeprecationWarning
+
+    samples = [gauge(m, (i % 7) + k, T0 + i * 5.0, target=f"web/web-{k}") for i in range(2 * 720)
+               for k in range(4) for m in ("up", "latency_ms")]
+    store.write_samples(samples)
+    store.rollup(now=T0 + 2 * 3600 - 30)  # minute rollups plus a raw tail: exercises the merged boundary bucket
+    ids = [s.id for s in store.find_series(source="instance")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SADeprecationWarning)  # SQLAlchemy 2.1 deprecations fail loudly here
+        points = store.query(ids, T0, T0 + 2 * 3600, max_points=100)
+        columns = store.query_columns(ids, T0, T0 + 2 * 3600, max_points=100)
+        rates = store.query_columns(ids, T0, T0 + 2 * 3600, max_points=100, rate=True)
+    assert set(columns) == set(points) == set(ids) and set(rates) == set(ids)
+    for sid, trace in points.items():
+        assert 0 < len(trace) <= 100
+        assert list(zip(*columns[sid], strict=True)) == [tuple(p) for p in trace]
+        assert all(isinstance(p, Point) for p in trace)
+
+    gc.collect()
+    gc.disable()  # count what the query leaves alive, not what a collection happens to sweep meanwhile
+    try:
+        before = len(gc.get_objects())
+        # 5 s buckets: ~11.5k of them, against a constant few hundred objects of statement building per call
+        kept = store.query_columns(ids, T0, T0 + 2 * 3600, max_points=2000)
+        grown = len(gc.get_objects()) - before
+        as_points = store.query(ids, T0, T0 + 2 * 3600, max_points=2000)
+        grown_points = len(gc.get_objects()) - before - grown
+    finally:
+        gc.enable()
+    buckets = sum(len(c.ts) for c in kept.values())
+    assert buckets >= 8 * 1400
+    assert grown < 1000, (grown, buckets)  # statement objects per call, not one object per bucket
+    assert grown_points >= buckets == sum(map(len, as_points.values()))  # the measure sees per-point objects
