@@ -19,7 +19,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import FleetConfig, parse_config
 
 
 @dataclass
@@ -205,3 +212,22 @@ def action_fleet_config(base_dir: str, pg_dsn: str, redis_url: str, key_prefix: 
         },
         "auth": {"cli_roles": {"*": "operator"}},
     }
+
+
+@contextlib.contextmanager
+def running_fleet(config: FleetConfig) -> Iterator[FleetConfig]:
+    """The fleet of `config` up (replicas and nginx, no dashboard), and down again whatever the test did."""
+    from actions import fleet  # late: most users of this module only need the load client
+
+    fleet.up(config, dashboard=False)
+    try:
+        yield config
+    finally:
+        fleet.down(config)
+
+
+def written_config(base: Path, data: dict[str, Any]) -> tuple[FleetConfig, Path]:
+    """`data` saved as base/fleet.yaml (the CLI reads it) and parsed the way the product parses it."""
+    config_file = base / "fleet.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    return parse_config(data, str(config_file), base), config_file

@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actions import fleet
 from actions.auth import Principal
 from actions.base import LIVE_STATES, UP, UpstreamServer
 from actions.local import LocalOrchestrator
 from actions.nginx import ManagedNginx
 from actions.operations import FleetActions, OperationResult
-from core.config import FleetConfig, parse_config
+from core.config import FleetConfig
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block, unique_name
-from tests.support_load import action_fleet_config
+from tests.support_load import action_fleet_config, running_fleet, written_config
 
 OPERATOR = Principal("alice", "operator", "dashboard")
 OTHER_OPERATOR = Principal("bob", "operator", "dashboard")
@@ -38,14 +37,9 @@ def fleet_setup(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url
     data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
     # the CLI runs as this OS user: map everyone to viewer so the CLI refusal is about the role
     data["auth"] = {"cli_roles": {"*": "viewer"}}
-    config_file = base / "fleet.yaml"
-    config_file.write_text(yaml.safe_dump(data))
-    config = parse_config(data, str(config_file), base)
-    fleet.up(config, dashboard=False)
-    try:
+    config, config_file = written_config(base, data)
+    with running_fleet(config):
         yield config, config_file
-    finally:
-        fleet.down(config)
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from actions.auth import Principal
 from actions.base import LIVE_STATES
 from actions.local import LocalOrchestrator
 from actions.operations import FleetActions, OperationResult, effective_limits, limits_key, limits_of
-from core.config import FleetConfig, parse_config
+from core.config import FleetConfig
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block
-from tests.support_load import action_fleet_config
+from tests.support_load import action_fleet_config, running_fleet, written_config
 
 ADMIN = Principal("ada", "admin", "dashboard")
 OPERATOR = Principal("alice", "operator", "dashboard")
@@ -46,14 +46,9 @@ def fleet_setup(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
             "ports": {"start": web["ports"]["start"], "end": web["ports"]["start"] + 4}}
     data["services"] = [web, idle]
     data["auth"] = {"cli_roles": {"*": "viewer"}}  # the CLI refusal below is about the role
-    config_file = base / "fleet.yaml"
-    config_file.write_text(yaml.safe_dump(data))
-    config = parse_config(data, str(config_file), base)
-    fleet.up(config, dashboard=False)
-    try:
+    config, config_file = written_config(base, data)
+    with running_fleet(config):
         yield config, config_file
-    finally:
-        fleet.down(config)
 
 
 @pytest.fixture(scope="module")

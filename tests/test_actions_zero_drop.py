@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from actions import fleet
 from actions.auth import Principal
 from actions.base import DOWN, LIVE_STATES, UP
 from actions.local import LocalOrchestrator
@@ -20,7 +19,7 @@ from actions.operations import FleetActions
 from core.config import FleetConfig, parse_config
 from core.store import Store
 from tests.support import free_port, free_port_block, unique_name
-from tests.support_load import PostLoad, action_fleet_config
+from tests.support_load import PostLoad, action_fleet_config, running_fleet
 
 OPERATOR = Principal("test-operator", "operator", "dashboard")
 
@@ -29,12 +28,8 @@ OPERATOR = Principal("test-operator", "operator", "dashboard")
 def fleet_config(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url: str) -> Iterator[FleetConfig]:
     base = tmp_path_factory.mktemp("zero_drop")
     data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
-    config = parse_config(data, "test", Path(base))
-    fleet.up(config, dashboard=False)
-    try:
+    with running_fleet(parse_config(data, "test", Path(base))) as config:
         yield config
-    finally:
-        fleet.down(config)
 
 
 @pytest.fixture(scope="module")

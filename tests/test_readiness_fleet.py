@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from actions import fleet
 from actions.auth import PermissionDenied, Principal
 from actions.base import LIVE_STATES
 from actions.local import LocalOrchestrator
@@ -21,7 +20,7 @@ from core.config import FleetConfig, parse_config
 from core.samples import Sample
 from core.store import Store
 from tests.support import free_port, free_port_block, unique_name
-from tests.support_load import action_fleet_config
+from tests.support_load import action_fleet_config, running_fleet
 
 TESTER = Principal("readiness-tester", "operator", "cli")
 BRONZE = {"lb_health_checks", "stateless_sessions", "no_local_disk_uploads"}
@@ -43,24 +42,22 @@ def _fleet(base: Path, pg_dsn: str, redis_url: str, prefix: str, replicas: int, 
 @pytest.fixture(scope="module")
 def good_fleet(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url: str) -> Iterator[FleetConfig]:
     prefix = unique_name("fdt")
-    config = _fleet(tmp_path_factory.mktemp("ready_good"), pg_dsn, redis_url, prefix, 3, False, "emails")
-    fleet.up(config, dashboard=False)
     try:
-        yield config
+        with running_fleet(_fleet(tmp_path_factory.mktemp("ready_good"), pg_dsn, redis_url, prefix, 3, False,
+                                  "emails")) as config:
+            yield config
     finally:
-        fleet.down(config)
         _delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture(scope="module")
 def bad_fleet(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url: str) -> Iterator[FleetConfig]:
     prefix = unique_name("fdt")
-    config = _fleet(tmp_path_factory.mktemp("ready_bad"), pg_dsn, redis_url, prefix, 2, True, "")
-    fleet.up(config, dashboard=False)
     try:
-        yield config
+        with running_fleet(_fleet(tmp_path_factory.mktemp("ready_bad"), pg_dsn, redis_url, prefix, 2, True,
+                                  "")) as config:
+            yield config
     finally:
-        fleet.down(config)
         _delete_prefix(redis_url, prefix)
 
 

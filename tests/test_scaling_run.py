@@ -11,17 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from actions import fleet, testruns
+from actions import testruns
 from actions.auth import Principal
 from actions.base import LIVE_STATES
 from actions.local import LocalOrchestrator
 from actions.scaling import ScalingOptions, latest_scaling_run, run_key, run_scaling
-from core.config import FleetConfig, parse_config
+from core.config import FleetConfig
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block, unique_name
-from tests.support_load import action_fleet_config
+from tests.support_load import action_fleet_config, running_fleet, written_config
 
 TESTER = Principal("scaling-tester", "operator", "cli")
 
@@ -32,14 +31,9 @@ def fleet_setup(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
     base = tmp_path_factory.mktemp("scaling")
     data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
     data["store"] = {"url": f"sqlite:///{base}/store.db"}
-    config_file = base / "fleet.yaml"
-    config_file.write_text(yaml.safe_dump(data))
-    config = parse_config(data, str(config_file), base)
-    fleet.up(config, dashboard=False)
-    try:
+    config, config_file = written_config(base, data)
+    with running_fleet(config):
         yield config, config_file
-    finally:
-        fleet.down(config)
 
 
 @pytest.fixture(scope="module")
