@@ -148,6 +148,41 @@ def memory_bytes(stats: dict[str, Any]) -> float | None:
     return float(max(0, usage - inactive))
 
 
+def recorded_states(store: Store | None, backend: str, service: str) -> dict[str, str]:
+    """instance id → state of the store's replica records of one service and backend ({} without a store)."""
+    if store is None:
+        return {}
+    return {r.instance_id: r.state for r in store.replicas(service) if r.backend == backend}
+
+
+def mirror_replicas(
+    store: Store | None, backend: str, service: str, replicas: list[Replica], recorded: dict[str, str]
+) -> None:
+    """Make the store's replica table say what the daemon said: upsert changed replicas, drop vanished ones.
+
+    `recorded` must have been read before the daemon was asked (see DockerOrchestrator.list). Records of other
+    backends under the same service name are not touched.
+    """
+    if store is None:
+        return
+    from core.store import ReplicaRecord
+
+    for replica in replicas:
+        if recorded.get(replica.instance_id) != replica.state:
+            store.upsert_replica(
+                ReplicaRecord(
+                    service=replica.service, instance_id=replica.instance_id, backend=backend, host=replica.host,
+                    port=replica.port, pid=replica.pid, state=replica.state, started_at=replica.started_at,
+                    ref=replica.ref,
+                )
+            )
+    listed = {r.instance_id for r in replicas}
+    for instance_id in recorded.keys() - listed:
+        # removed by `docker rm`, `compose down` or Swarm: a stale record would make the collectors poll an
+        # address nobody answers (or, worse, a later replica on the same port under the old name)
+        store.remove_replica(service, instance_id)
+
+
 class DockerOrchestrator:
     """The Orchestrator protocol (list/start/stop) over the containers of one Compose service, plus restart."""
 
@@ -270,30 +305,25 @@ class DockerOrchestrator:
     # -- the registry mirror (the dashboard reads replicas from the store; Docker stays the source of truth)
 
     def _record(self, replica: Replica) -> None:
-        if self.store is None:
-            return
-        from core.store import ReplicaRecord
-
-        self.store.upsert_replica(
-            ReplicaRecord(
-                service=replica.service, instance_id=replica.instance_id, backend=BACKEND, host=replica.host,
-                port=replica.port, pid=replica.pid, state=replica.state, started_at=replica.started_at,
-                ref=replica.ref,
-            )
-        )
+        mirror_replicas(self.store, BACKEND, replica.service, [replica], {})
 
     def _event(self, kind: str, target: str, message: str, details: dict[str, Any]) -> None:
         if self.store is not None:
             self.store.add_event(kind, target, message, details)
 
     def _recorded_states(self, service: ServiceConfig) -> dict[str, str]:
-        if self.store is None:
-            return {}
-        return {r.instance_id: r.state for r in self.store.replicas(service.name) if r.backend == BACKEND}
+        return recorded_states(self.store, BACKEND, service.name)
 
     # -- Orchestrator protocol
 
     def list(self, service: ServiceConfig) -> list[Replica]:
+        """Every container of the service as a replica; the store's replica table is brought in line with it.
+
+        The collectors find instance targets in that table only, so this mirror is what lets them see containers
+        Compose started (not fleetdeck) and forget containers removed behind fleetdeck's back.
+        """
+        # read before listing: a record written after this read belongs to a container the listing may miss,
+        # and must not be pruned as "gone"
         recorded = self._recorded_states(service)
         replicas: list[Replica] = []
         for container in self.containers(service):
@@ -302,8 +332,7 @@ class DockerOrchestrator:
             if recorded.get(replica.instance_id) == "draining" and replica.state in LIVE_STATES:
                 replica = replica._replace(state="draining")
             replicas.append(replica)
-            if recorded.get(replica.instance_id) != replica.state:
-                self._record(replica)
+        mirror_replicas(self.store, BACKEND, service.name, replicas, recorded)
         return replicas
 
     def live(self, service: ServiceConfig) -> list[Replica]:
@@ -511,8 +540,9 @@ class DockerOrchestrator:
     # -- resource samples
 
     def stats_samples(self, service: ServiceConfig, now: float | None = None) -> list[Sample]:
-        """Container CPU % and memory of every running replica (one stats call each, in parallel: each takes ~1 s
-        because the daemon waits for a second reading to take the CPU difference from)."""
+        """Container CPU % and memory of every running replica (one stats call each, all in parallel: each takes
+        ~1 s because the daemon waits for a second reading to take the CPU difference from, and the collector's
+        timeout must not grow with the replica count)."""
         running = [c for c in self.containers(service) if c.status == "running"]
 
         def one(container: Container) -> list[Sample]:
@@ -537,7 +567,7 @@ class DockerOrchestrator:
 
         if not running:
             return []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(running))) as pool:
             return [s for batch in pool.map(one, running) for s in batch]
 
 
@@ -553,25 +583,79 @@ def find_compose_container(client: docker.DockerClient, project: str, compose_se
     return sorted(running, key=DockerOrchestrator.number_of)[0]
 
 
+def nginx_worker_pids(container: Container) -> set[int]:
+    """PIDs (host namespace) of the nginx worker processes in `container`, from the daemon's `top`."""
+    top = container.top()
+    titles = [str(t).upper() for t in top.get("Titles") or []]
+    pid_at = titles.index("PID")
+    cmd_at = next(i for i, t in enumerate(titles) if t in ("CMD", "COMMAND", "ARGS"))
+    pids: set[int] = set()
+    for row in top.get("Processes") or []:
+        if len(row) > cmd_at and "nginx: worker process" in " ".join(row[cmd_at:]) and str(row[pid_at]).isdigit():
+            pids.add(int(row[pid_at]))
+    return pids
+
+
+def wait_workers_gone(container: Container, old: set[int], timeout_s: float, poll_s: float = 0.05) -> set[int]:
+    """Wait until none of the `old` worker PIDs is left; return those still alive at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    left = set(old)
+    while left:
+        left &= nginx_worker_pids(container)
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    return left
+
+
 def reload_nginx_container(
-    client: docker.DockerClient, project: str, compose_service: str = "nginx", method: str = "exec"
+    client: docker.DockerClient,
+    project: str,
+    compose_service: str = "nginx",
+    method: str = "exec",
+    wait_old_workers_s: float = 0.0,
 ) -> str:
     """Validate then reload an nginx that runs in a container; raise BackendError (nothing reloaded) on failure.
 
     method "exec": `nginx -t` then `nginx -s reload` inside the container; "signal": `nginx -t` then SIGHUP to the
     container's PID 1 (the nginx master), for images whose nginx is PID 1 and can exec nothing else.
+
+    With `wait_old_workers_s` > 0 it returns only once the workers of the previous generation have exited (or the
+    time is up): `nginx -s reload` returns as soon as the signal is sent, and until the old workers are gone they
+    may still accept requests for a server the new configuration marks down. This is the external nginx's
+    equivalent of ManagedNginx's generation check plus old-worker wait, which a drain relies on.
     """
     container = find_compose_container(client, project, compose_service)
     test = container.exec_run(["nginx", "-t"])
     if test.exit_code != 0:
         raise BackendError(f"nginx -t failed in {container.name}: {test.output.decode(errors='replace').strip()}")
+    old: set[int] = set()
+    if wait_old_workers_s > 0:
+        try:
+            old = nginx_worker_pids(container)
+        except (docker.errors.DockerException, ValueError, StopIteration) as error:
+            log.warning("cannot list nginx workers in %s (not waiting for them): %s", container.name, error)
     if method == "signal":
         container.kill(signal="SIGHUP")
-        return f"nginx in {container.name} validated and sent SIGHUP"
-    reload = container.exec_run(["nginx", "-s", "reload"])
-    if reload.exit_code != 0:
-        raise BackendError(f"nginx -s reload failed in {container.name}: {reload.output.decode(errors='replace')}")
-    return f"nginx in {container.name} validated and reloaded"
+        done = f"nginx in {container.name} validated and sent SIGHUP"
+    else:
+        reload = container.exec_run(["nginx", "-s", "reload"])
+        if reload.exit_code != 0:
+            raise BackendError(
+                f"nginx -s reload failed in {container.name}: {reload.output.decode(errors='replace')}"
+            )
+        done = f"nginx in {container.name} validated and reloaded"
+    if not old:
+        return done
+    started = time.monotonic()
+    try:
+        left = wait_workers_gone(container, old, wait_old_workers_s)
+    except (docker.errors.DockerException, ValueError, StopIteration) as error:
+        return f"{done} (could not watch the old workers: {error})"
+    if left:
+        # the new configuration is live either way; the caller's drain still waits for in-flight requests
+        return f"{done}; {len(left)} old worker(s) still finishing after {wait_old_workers_s:g}s"
+    return f"{done}; the {len(old)} old worker(s) exited after {time.monotonic() - started:.2f}s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     reload.add_argument("--project", required=True, help="the Compose project")
     reload.add_argument("--service", default="nginx", help="the Compose service of nginx (default: nginx)")
     reload.add_argument("--method", choices=("exec", "signal"), default="exec")
+    reload.add_argument(
+        "--wait-old-workers", type=float, default=10.0, metavar="S",
+        help="return only once the previous generation's workers exited, at most S seconds (0: do not wait)",
+    )
     listing = verbs.add_parser("list", help="the containers of a Compose service, as fleetdeck sees them")
     listing.add_argument("--project", required=True)
     listing.add_argument("--service", required=True)
@@ -590,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = docker.from_env()
         if args.verb == "reload-nginx":
-            print(reload_nginx_container(client, args.project, args.service, args.method))
+            print(reload_nginx_container(client, args.project, args.service, args.method,
+                                         args.wait_old_workers))
             return 0
         for container in sorted(
             client.containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={args.project}",

@@ -24,7 +24,7 @@ import docker.errors
 from docker.models.services import Service
 
 from actions.base import DEAD, LIVE_STATES, RUNNING, STARTING, STOPPED, BackendError, Refused, Replica
-from actions.docker_backend import _env_map, http_status, parse_docker_time
+from actions.docker_backend import _env_map, http_status, mirror_replicas, parse_docker_time, recorded_states
 from core.config import FleetConfig, ServiceConfig
 
 if TYPE_CHECKING:
@@ -133,19 +133,35 @@ class SwarmOrchestrator:
     # -- Orchestrator protocol
 
     def list(self, service: ServiceConfig) -> list[Replica]:
+        """The tasks Swarm wants running, as replicas; the store's replica table is brought in line with them (the
+        collectors discover instance targets there, as they do for the local and Docker backends)."""
+        recorded = recorded_states(self.store, BACKEND, service.name)  # before asking Swarm: see mirror_replicas
         swarm_service, tasks = self.tasks(service)
-        return [self._to_replica(task, swarm_service, service) for task in tasks]
+        replicas = [self._to_replica(task, swarm_service, service) for task in tasks]
+        mirror_replicas(self.store, BACKEND, service.name, replicas, recorded)
+        return replicas
 
     def live(self, service: ServiceConfig) -> list[Replica]:
         return [r for r in self.list(service) if r.state in LIVE_STATES]
 
-    def scale(self, service: ServiceConfig, replicas: int) -> None:
-        swarm_service = self.swarm_service(service)
-        try:
-            if not swarm_service.scale(replicas):
-                raise BackendError(f"swarm refused to scale '{swarm_service.name}' to {replicas}")
-        except docker.errors.DockerException as error:
-            raise BackendError(f"cannot scale '{swarm_service.name}' to {replicas}: {error}") from None
+    def scale(self, service: ServiceConfig, replicas: int, attempts: int = 10) -> None:
+        """Set the replica count. An update names the service version it was based on, and Swarm bumps that version
+        on its own too (while it reconciles the previous update); "update out of sequence" then only means "read the
+        service again and retry", which is what happens here, a few times."""
+        for attempt in range(1, attempts + 1):
+            swarm_service = self.swarm_service(service)
+            try:
+                if not swarm_service.scale(replicas):
+                    raise BackendError(f"swarm refused to scale '{swarm_service.name}' to {replicas}")
+                return
+            except docker.errors.APIError as error:
+                if "out of sequence" in str(error) and attempt < attempts:
+                    log.info("scaling %s: %s; retrying with the current version", swarm_service.name, error)
+                    time.sleep(self.poll_s)
+                    continue
+                raise BackendError(f"cannot scale '{swarm_service.name}' to {replicas}: {error}") from None
+            except docker.errors.DockerException as error:
+                raise BackendError(f"cannot scale '{swarm_service.name}' to {replicas}: {error}") from None
 
     def start(self, service: ServiceConfig) -> Replica:
         """Scale up by one and return the new slot's replica once its task runs (not yet healthy)."""
@@ -163,6 +179,7 @@ class SwarmOrchestrator:
             for task in tasks:
                 if int(task.get("Slot") or 0) not in known and task.get("Status", {}).get("State") == "running":
                     replica = self._to_replica(task, swarm_service, service)
+                    mirror_replicas(self.store, BACKEND, service.name, [replica], {})
                     self._event("replica.start", f"{service.name}/{replica.instance_id}",
                                 f"swarm scaled {swarm_service.name} to {desired + 1}", {"task": task.get("ID")})
                     return replica
@@ -208,6 +225,8 @@ class SwarmOrchestrator:
                 f" ({sorted(remaining)} remain);"
                 " use restart_policy condition on-failure so a stopped task is not restarted"
             )
+        if self.store is not None:
+            self.store.remove_replica(service.name, instance_id)
         self._event("replica.stop", f"{service.name}/{instance_id}",
                     f"stopped (exit {exit_code}) and scaled {swarm_service.name} to {desired - 1}",
                     {"task": task.get("ID"), "exit_code": exit_code, "grace_s": grace})

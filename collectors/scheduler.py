@@ -50,7 +50,14 @@ ROLLUP_FIRST_AFTER_S = 60.0
 
 
 def build_collectors(config: FleetConfig, store: Any = None) -> list[Any]:
+    first: list[Any] = []
+    if any(service.backend == "docker" for service in config.services):
+        from collectors.containers import ContainerCollector  # imports the Docker SDK: only when needed
+
+        # first: its targets() syncs the replica table from Docker, which the instance collector's targets() reads
+        first.append(ContainerCollector(config, store))
     return [
+        *first,
         InstanceCollector(config, store),
         NginxCollector(config),
         BullMQCollector(config),

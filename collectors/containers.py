@@ -1,0 +1,88 @@
+"""Container CPU and memory of the services on the Docker backend, from the Docker stats API (DESIGN.md §8).
+
+One target per Docker-backed service (``docker:<service>``): one collect asks the daemon for every running
+replica's stats in parallel (``DockerOrchestrator.stats_samples``, ~1 s because the daemon waits for a second
+reading to take the CPU difference from) and yields, besides its own ``up``/``latency_ms`` (source ``docker``:
+"the daemon answered"), source ``instance`` samples ``container_cpu_percent``, ``container_memory_bytes`` and
+``container_memory_limit_bytes`` for ``<service>/<instance_id>`` — the same targets the instance collector writes.
+
+``targets()`` also brings the store's replica table in line with the daemon (``DockerOrchestrator.list`` mirrors
+it): the instance collector discovers its targets in that table only, and containers Compose started — not
+fleetdeck — would otherwise stay invisible to it. The scheduler therefore asks this collector for targets before
+the instance collector (see ``collectors.scheduler.build_collectors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from collectors.base import LATENCY, UP, MetricRegistry
+from core.config import FleetConfig, ServiceConfig
+from core.samples import Sample
+
+if TYPE_CHECKING:  # the Docker SDK is imported only when a Docker-backed service is configured
+    from actions.docker_backend import DockerOrchestrator
+
+log = logging.getLogger(__name__)
+
+SOURCE = "docker"
+# Only the collector's own health is declared here: the container samples are source `instance` and are built
+# by DockerOrchestrator.stats_samples with the units of docs/architecture.md.
+REGISTRY = MetricRegistry(SOURCE, [UP, LATENCY])
+
+
+class ContainerTarget(NamedTuple):
+    key: str  # "docker:<service>"
+    service: str
+
+
+def docker_services(config: FleetConfig) -> list[ServiceConfig]:
+    return [s for s in config.services if s.backend == "docker"]
+
+
+class ContainerCollector:
+    name = "containers"
+    source = SOURCE
+    registry = REGISTRY
+
+    def __init__(self, config: FleetConfig, store: Any = None) -> None:
+        self.config = config
+        self.store = store
+        self._backend: DockerOrchestrator | None = None
+
+    def _orchestrator(self) -> DockerOrchestrator:
+        # made on first use and kept: it holds the daemon connection; BackendError when the daemon is unreachable
+        if self._backend is None:
+            from actions.docker_backend import DockerOrchestrator
+
+            self._backend = DockerOrchestrator(self.config, self.store)
+        return self._backend
+
+    def targets(self) -> list[ContainerTarget]:
+        """One target per Docker-backed service; syncs the replica table on the way (never raises: an unreachable
+        daemon shows as `up` 0 of these targets, not as a failed scheduler refresh)."""
+        services = docker_services(self.config)
+        for service in services:
+            try:
+                self._orchestrator().list(service)
+            except Exception as error:  # BackendError, a store hiccup: the next refresh tries again
+                log.warning("syncing the replicas of %s from Docker: %s", service.name, error)
+        return [ContainerTarget(f"docker:{s.name}", s.name) for s in services]
+
+    async def collect(self, target: ContainerTarget) -> list[Sample]:
+        service = self.config.service(target.service)
+        ts = time.time()
+        started = time.perf_counter()
+        # the Docker SDK blocks: keep it off the shared event loop
+        samples = await asyncio.to_thread(lambda: self._orchestrator().stats_samples(service, ts))
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return [REGISTRY.sample(target.key, UP.name, 1, ts), REGISTRY.sample(target.key, LATENCY.name, latency_ms, ts),
+                *samples]
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            self._backend.client.close()
+        self._backend = None
