@@ -23,11 +23,8 @@ import contextlib
 import json
 import logging
 import re
-import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +43,7 @@ from actions.base import (
     Replica,
     ReplicaUnhealthy,
 )
+from actions.local import http_get, port_is_free
 from core.config import FleetConfig, ServiceConfig
 from core.samples import Sample
 
@@ -99,25 +97,9 @@ def parse_docker_time(text: str | None) -> float:
     return datetime.fromisoformat(f"{match.group(1)}.{fraction}{'+00:00' if zone == 'Z' else zone}").timestamp()
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def http_status(url: str, timeout_s: float) -> int:
     """The HTTP status of a GET (0 when nothing answered)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (OSError, ValueError):
-        return 0
+    return http_get(url, timeout_s)[0]
 
 
 def cpu_percent(stats: dict[str, Any]) -> float | None:
