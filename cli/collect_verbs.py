@@ -40,7 +40,7 @@ def handle_collect(args: argparse.Namespace) -> int:
 def _once(config: Any, as_json: bool) -> int:
     from collectors.scheduler import collect_once
 
-    store = _open_store(config)  # only read: the replica registry for the instance targets
+    store = _open_store(config)  # the replica registry for the instance targets (docker services sync it first)
     try:
         samples = collect_once(config, store)
     finally:
