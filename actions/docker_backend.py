@@ -97,6 +97,16 @@ def parse_docker_time(text: str | None) -> float:
     return datetime.fromisoformat(f"{match.group(1)}.{fraction}{'+00:00' if zone == 'Z' else zone}").timestamp()
 
 
+def connect_docker(client: docker.DockerClient | None = None) -> docker.DockerClient:
+    """The given client, else one from the environment (DOCKER_HOST or the local socket), checked with a ping."""
+    try:
+        client = client or docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise BackendError(f"cannot reach the Docker daemon: {error}") from None
+    return client
+
+
 def http_status(url: str, timeout_s: float) -> int:
     """The HTTP status of a GET (0 when nothing answered)."""
     return http_get(url, timeout_s)[0]
@@ -176,11 +186,7 @@ class DockerOrchestrator:
     ) -> None:
         self.config = config
         self.store = store
-        try:
-            self.client = client or docker.from_env()
-            self.client.ping()
-        except docker.errors.DockerException as error:
-            raise BackendError(f"cannot reach the Docker daemon: {error}") from None
+        self.client = connect_docker(client)
 
     # -- identity
 

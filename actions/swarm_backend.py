@@ -24,7 +24,14 @@ import docker.errors
 from docker.models.services import Service
 
 from actions.base import DEAD, LIVE_STATES, RUNNING, STARTING, STOPPED, BackendError, Refused, Replica
-from actions.docker_backend import _env_map, http_status, mirror_replicas, parse_docker_time, recorded_states
+from actions.docker_backend import (
+    _env_map,
+    connect_docker,
+    http_status,
+    mirror_replicas,
+    parse_docker_time,
+    recorded_states,
+)
 from core.config import FleetConfig, ServiceConfig
 
 if TYPE_CHECKING:
@@ -56,11 +63,7 @@ class SwarmOrchestrator:
         self.config = config
         self.store = store
         self.poll_s = poll_s
-        try:
-            self.client = client or docker.from_env()
-            self.client.ping()
-        except docker.errors.DockerException as error:
-            raise BackendError(f"cannot reach the Docker daemon: {error}") from None
+        self.client = connect_docker(client)
 
     # -- identity
 
