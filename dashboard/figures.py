@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.series import MAX_POINTS_PER_TRACE, Trace, cap_points
+from dashboard.series import MAX_POINTS_PER_TRACE, Trace, drawable
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
 RED = "#E45756"
@@ -94,7 +94,7 @@ def time_chart(
     validation, which otherwise costs more than all the store queries of a page together.
     """
     data: list[dict[str, Any]] = []
-    drawn = [cap_points(t, max_points) for t in traces if len(t)]
+    drawn = [drawable(t, max_points) for t in traces if len(t)]
     with_bands = not stacked and len(drawn) <= MAX_BANDED_TRACES
     for index, trace in enumerate(drawn):
         colour = PALETTE[index % len(PALETTE)]

@@ -61,6 +61,44 @@ def trace_from_columns(name: str, columns: Sequence[Sequence[float]]) -> Trace:
     return Trace(name, *arrays)
 
 
+GAP_FACTOR = 3.0
+
+
+def gap_midpoints(trace: Trace, factor: float = GAP_FACTOR) -> np.ndarray:
+    """The middle of every stretch with no samples (a stopped collector, a fleet that was down): a step over
+    `factor` times the trace's typical (median) step. Found on the trace as the store returned it, before capping
+    makes the spacing irregular."""
+    if len(trace) < 3:
+        return np.empty(0)
+    steps = np.diff(trace.ts)
+    typical = float(np.median(steps))
+    if typical <= 0:
+        return np.empty(0)
+    gaps = np.flatnonzero(steps > factor * typical)
+    return (trace.ts[gaps] + trace.ts[gaps + 1]) / 2
+
+
+def with_breaks(trace: Trace, at: np.ndarray) -> Trace:
+    """NaN points at the times `at`, where plotly breaks the line instead of drawing a straight ramp across hours
+    nobody measured."""
+    if not len(at) or not len(trace):
+        return trace
+    where = np.searchsorted(trace.ts, at)
+    return Trace(
+        trace.name,
+        np.insert(trace.ts, where, at),
+        np.insert(trace.value, where, np.nan),
+        np.insert(trace.vmin, where, np.nan),
+        np.insert(trace.vmax, where, np.nan),
+    )
+
+
+def drawable(trace: Trace, max_points: int = MAX_POINTS_PER_TRACE) -> Trace:
+    """What a chart draws of a trace: capped (spikes kept) and broken at gaps, `max_points` points in all."""
+    gaps = gap_midpoints(trace)[: max_points // 4]  # a flapping source must not eat the point budget
+    return with_breaks(cap_points(trace, max_points - len(gaps)), gaps)
+
+
 def cap_points(trace: Trace, max_points: int = MAX_POINTS_PER_TRACE) -> Trace:
     """At most `max_points` points, keeping every bucket's lowest and highest sample (M4-style).
 

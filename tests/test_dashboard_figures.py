@@ -13,7 +13,14 @@ import pytest
 from core.samples import Sample
 from core.store import Store
 from dashboard import figures, queries, ranges
-from dashboard.series import MAX_POINTS_PER_TRACE, Trace, cap_points, sum_traces, trace_from_points
+from dashboard.series import (
+    MAX_POINTS_PER_TRACE,
+    Trace,
+    cap_points,
+    drawable,
+    sum_traces,
+    trace_from_points,
+)
 from dashboard.store_cache import CachedStore
 
 
@@ -162,3 +169,21 @@ def test_cached_store_answers_repeats_once_and_expires(tmp_path: Path) -> None:
     assert len(cached) == 1  # expired answers are dropped, not kept until the LRU bound
     assert cached.replicas() == []  # everything else passes through
     store.close()
+
+
+def test_a_stretch_without_samples_breaks_the_line_instead_of_ramping_across_it() -> None:
+    ts = np.concatenate([np.arange(0, 60, 5.0), np.arange(3600, 3660, 5.0)])  # an hour with nothing measured
+    values = np.concatenate([np.full(12, 100.0), np.full(12, 0.0)])
+    broken = drawable(Trace("x", ts, values))
+    assert len(broken) == len(ts) + 1
+    gap = int(np.flatnonzero(np.isnan(broken.value))[0])
+    assert broken.ts[gap - 1] == 55.0 and broken.ts[gap + 1] == 3600.0
+    figure = figures.time_chart([Trace("x", ts, values)], "requests", "1/s")
+    drawn = next(trace for trace in figure.data if trace.name == "x")
+    assert np.isnan(np.asarray(drawn.y, dtype=float)).sum() == 1
+    steady = Trace("y", np.arange(0, 600, 5.0), np.ones(120))
+    assert len(drawable(steady)) == len(steady), "regular samples are left alone"
+    long_with_gap = Trace("z", np.concatenate([np.arange(0, 50_000, 5.0), np.arange(90_000, 140_000, 5.0)]),
+                          np.ones(20_000))
+    capped = drawable(long_with_gap, MAX_POINTS_PER_TRACE)
+    assert len(capped) <= MAX_POINTS_PER_TRACE and np.isnan(capped.value).sum() == 1
