@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.series import MAX_POINTS_PER_TRACE, Trace, drawable
+from dashboard.series import MAX_POINTS_PER_TRACE, Trace, drawable, segments
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
 RED = "#E45756"
 GREEN = "#54A24B"
 # more band traces than this turns a chart into mud; past it only the lines are drawn
 MAX_BANDED_TRACES = 4
+MAX_BAND_RUNS = 8  # past that many gaps a band is more noise than help
 # annotations are drawn per event; beyond this many the newest are kept
 MAX_EVENT_MARKERS = 60
 EVENT_COLOUR = "rgba(150,150,150,0.7)"
@@ -99,11 +100,13 @@ def time_chart(
     for index, trace in enumerate(drawn):
         colour = PALETTE[index % len(PALETTE)]
         x = to_axis_ms(trace.ts)
-        if with_bands and trace.has_band:
-            edge = {"type": "scatter", "x": x, "mode": "lines", "line": {"width": 0, "color": colour},
+        runs = segments(trace) if with_bands and trace.has_band else []
+        # a filled band would bridge a gap in the data, so each run between gaps gets its own pair of edges
+        for run in runs if len(runs) <= MAX_BAND_RUNS else []:
+            edge = {"type": "scatter", "x": to_axis_ms(run.ts), "mode": "lines", "line": {"width": 0, "color": colour},
                     "showlegend": False, "hoverinfo": "skip", "legendgroup": trace.name}
-            data.append({**edge, "y": trace.vmax, "name": f"{trace.name} max"})
-            data.append({**edge, "y": trace.vmin, "name": f"{trace.name} min", "fill": "tonexty",
+            data.append({**edge, "y": run.vmax, "name": f"{trace.name} max"})
+            data.append({**edge, "y": run.vmin, "name": f"{trace.name} min", "fill": "tonexty",
                          "fillcolor": _rgba(colour, 0.2)})
         line: dict[str, Any] = {"type": "scatter", "x": x, "y": trace.value, "mode": "lines", "name": trace.name,
                                 "legendgroup": trace.name, "line": {"width": 1.5, "color": colour}}

@@ -5,6 +5,7 @@ Everything here is numpy over plain arrays so it is cheap on every rerun and eas
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,10 +65,10 @@ def trace_from_columns(name: str, columns: Sequence[Sequence[float]]) -> Trace:
 GAP_FACTOR = 3.0
 
 
-def gap_midpoints(trace: Trace, factor: float = GAP_FACTOR) -> np.ndarray:
-    """The middle of every stretch with no samples (a stopped collector, a fleet that was down): a step over
-    `factor` times the trace's typical (median) step. Found on the trace as the store returned it, before capping
-    makes the spacing irregular."""
+def gap_edges(trace: Trace, factor: float = GAP_FACTOR) -> np.ndarray:
+    """Two times inside every stretch with no samples (a stopped collector, a fleet that was down): one typical
+    step after the last sample and one before the next. A gap is a step over `factor` times the trace's typical
+    (median) step, found on the trace as the store returned it, before capping makes the spacing irregular."""
     if len(trace) < 3:
         return np.empty(0)
     steps = np.diff(trace.ts)
@@ -75,12 +76,12 @@ def gap_midpoints(trace: Trace, factor: float = GAP_FACTOR) -> np.ndarray:
     if typical <= 0:
         return np.empty(0)
     gaps = np.flatnonzero(steps > factor * typical)
-    return (trace.ts[gaps] + trace.ts[gaps + 1]) / 2
+    return np.sort(np.concatenate([trace.ts[gaps] + typical, trace.ts[gaps + 1] - typical]))
 
 
 def with_breaks(trace: Trace, at: np.ndarray) -> Trace:
-    """NaN points at the times `at`, where plotly breaks the line instead of drawing a straight ramp across hours
-    nobody measured."""
+    """NaN points at the times `at`: plotly breaks a line there (a stacked area drops to zero), instead of drawing
+    a straight ramp across hours nobody measured."""
     if not len(at) or not len(trace):
         return trace
     where = np.searchsorted(trace.ts, at)
@@ -93,9 +94,22 @@ def with_breaks(trace: Trace, at: np.ndarray) -> Trace:
     )
 
 
+def segments(trace: Trace) -> list[Trace]:
+    """The runs of a broken trace between its NaN points (a filled band cannot skip a gap, so it is drawn per run)."""
+    breaks = np.flatnonzero(np.isnan(trace.value))
+    bounds = [0, *breaks.tolist(), len(trace)]
+    runs = []
+    for start, end in itertools.pairwise(bounds):
+        first = start + 1 if start in breaks else start
+        if end > first:
+            runs.append(Trace(trace.name, trace.ts[first:end], trace.value[first:end], trace.vmin[first:end],
+                              trace.vmax[first:end]))
+    return runs
+
+
 def drawable(trace: Trace, max_points: int = MAX_POINTS_PER_TRACE) -> Trace:
     """What a chart draws of a trace: capped (spikes kept) and broken at gaps, `max_points` points in all."""
-    gaps = gap_midpoints(trace)[: max_points // 4]  # a flapping source must not eat the point budget
+    gaps = gap_edges(trace)[: max_points // 4]  # a flapping source must not eat the point budget
     return with_breaks(cap_points(trace, max_points - len(gaps)), gaps)
 
 

@@ -175,15 +175,18 @@ def test_a_stretch_without_samples_breaks_the_line_instead_of_ramping_across_it(
     ts = np.concatenate([np.arange(0, 60, 5.0), np.arange(3600, 3660, 5.0)])  # an hour with nothing measured
     values = np.concatenate([np.full(12, 100.0), np.full(12, 0.0)])
     broken = drawable(Trace("x", ts, values))
-    assert len(broken) == len(ts) + 1
-    gap = int(np.flatnonzero(np.isnan(broken.value))[0])
-    assert broken.ts[gap - 1] == 55.0 and broken.ts[gap + 1] == 3600.0
+    assert len(broken) == len(ts) + 2
+    first, second = np.flatnonzero(np.isnan(broken.value))
+    assert (broken.ts[first - 1], broken.ts[first], broken.ts[second], broken.ts[second + 1]) == (55, 60, 3595, 3600)
     figure = figures.time_chart([Trace("x", ts, values)], "requests", "1/s")
     drawn = next(trace for trace in figure.data if trace.name == "x")
-    assert np.isnan(np.asarray(drawn.y, dtype=float)).sum() == 1
+    assert np.isnan(np.asarray(drawn.y, dtype=float)).sum() == 2
+    banded = figures.time_chart([Trace("b", ts, values, values - 1, values + 1)], "latency", "ms")
+    # one pair of band edges per run between gaps, so the fill never bridges the unmeasured hour
+    assert [t.name for t in banded.data] == ["b max", "b min", "b max", "b min", "b"]
     steady = Trace("y", np.arange(0, 600, 5.0), np.ones(120))
     assert len(drawable(steady)) == len(steady), "regular samples are left alone"
     long_with_gap = Trace("z", np.concatenate([np.arange(0, 50_000, 5.0), np.arange(90_000, 140_000, 5.0)]),
                           np.ones(20_000))
     capped = drawable(long_with_gap, MAX_POINTS_PER_TRACE)
-    assert len(capped) <= MAX_POINTS_PER_TRACE and np.isnan(capped.value).sum() == 1
+    assert len(capped) <= MAX_POINTS_PER_TRACE and np.isnan(capped.value).sum() == 2
