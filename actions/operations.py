@@ -955,7 +955,8 @@ class FleetActions:
     def set_limits(self, principal: Any, service: str, min_replicas: int | str, max_replicas: int | str,
                    op_id: str | None = None) -> OperationResult:
         """Override the service's [min_replicas, max_replicas] in the store (admin); refused when the running
-        count would fall outside the new bounds; the same limits again is a no-op."""
+        count would fall outside the new bounds; the same limits again is a no-op. Setting the config file's own
+        bounds removes the override (that is how limits are reset)."""
         params = {"service": service, "min_replicas": min_replicas, "max_replicas": max_replicas}
 
         def prepare() -> tuple[ServiceConfig, Callable[[audit.Operation], OperationResult]]:
@@ -963,7 +964,18 @@ class FleetActions:
 
             def body(op: audit.Operation) -> OperationResult:
                 # again under the lock: a scale that finished meanwhile may have moved the count
-                _, current, low, high, live = self._limits_preflight(service, min_replicas, max_replicas)
+                file_service, current, low, high, live = self._limits_preflight(service, min_replicas, max_replicas)
+                if (low, high) == (file_service.min_replicas, file_service.max_replicas) and current.source != "config":
+                    # back to the file's bounds: drop the override so a later edit of the file takes effect again
+                    self.store.delete_kv(limits_key(service))
+                    op.progress(f"limits of '{service}' reset to the config's [{low}, {high}]", "limits")
+                    return OperationResult(
+                        True, f"'{service}' limits [{current.min_replicas}, {current.max_replicas}] → the config's"
+                              f" [{low}, {high}] ({live} replica(s) running)",
+                        after={"limits": {"min_replicas": low, "max_replicas": high, "source": "config"},
+                               "previous_limits": {"min_replicas": current.min_replicas,
+                                                   "max_replicas": current.max_replicas, "source": current.source}},
+                        result=audit.OK)
                 previous = {"min_replicas": current.min_replicas, "max_replicas": current.max_replicas,
                             "source": current.source}
                 if (current.min_replicas, current.max_replicas) == (low, high):

@@ -140,13 +140,19 @@ def _limits(args: argparse.Namespace) -> int:
         print(f"fleetdeck: refused: {error.args[0]}", file=sys.stderr)
         return EXIT_REFUSED
     current = limits_of(actions.store, service)
-    if args.min is None and args.max is None:
+    if args.min is None and args.max is None and not args.reset:
         print(f"{service.name}: min {current.min_replicas}, max {current.max_replicas} ({current.describe()})")
         if current.source != "config":
             print(f"  config: min {service.min_replicas}, max {service.max_replicas}")
         return EXIT_OK
-    low = args.min if args.min is not None else str(current.min_replicas)
-    high = args.max if args.max is not None else str(current.max_replicas)
+    if args.reset and (args.min is not None or args.max is not None):
+        print("fleetdeck: refused: --reset goes back to the config's bounds; it takes no --min/--max", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.reset:
+        low, high = str(service.min_replicas), str(service.max_replicas)
+    else:
+        low = args.min if args.min is not None else str(current.min_replicas)
+        high = args.max if args.max is not None else str(current.max_replicas)
     plan = actions.plan_set_limits(service.name, low, high, principal)
     if args.dry_run:
         return _dry_run(plan)
@@ -209,6 +215,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     # strings, not type=int: the actions layer validates them, so a bad value is refused *and audited*
     limits.add_argument("--min", metavar="N", default=None, help="new min_replicas (default: the current one)")
     limits.add_argument("--max", metavar="M", default=None, help="new max_replicas (default: the current one)")
+    limits.add_argument("--reset", action="store_true", help="back to the config file's bounds (drops the override)")
     _common(limits)
     limits.set_defaults(handler=_limits)
 

@@ -1262,6 +1262,11 @@ class Store:
         with self._engine.begin() as conn:
             conn.execute(stmt)
 
+    def delete_kv(self, key: str) -> bool:
+        """Remove `key`; False when it was not there."""
+        with self._engine.begin() as conn:
+            return bool(conn.execute(kv_table.delete().where(kv_table.c.key == key)).rowcount)
+
     def get_kv(self, key: str) -> dict | None:
         with self._engine.connect() as conn:
             value = conn.execute(select(kv_table.c.value).where(kv_table.c.key == key)).scalar()

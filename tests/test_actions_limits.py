@@ -66,9 +66,9 @@ def store(config: FleetConfig) -> Iterator[Store]:
 @pytest.fixture
 def actions(config: FleetConfig, store: Store) -> Iterator[FleetActions]:
     yield FleetActions(config, store)
-    # every test starts from the config's limits: an invalid (empty) record is ignored by limits_of
+    # every test starts from the config's limits
     for name in (SERVICE, IDLE):
-        store.put_kv(limits_key(name), {})
+        store.delete_kv(limits_key(name))
 
 
 def live_ids(config: FleetConfig, store: Store) -> list[str]:
@@ -172,6 +172,17 @@ def test_same_limits_is_a_noop(store: Store, actions: FleetActions) -> None:
     assert store.get_kv(limits_key(SERVICE)) == recorded, "a no-op rewrote the override"
 
 
+def test_the_configs_own_bounds_remove_the_override(config: FleetConfig, store: Store,
+                                                    actions: FleetActions) -> None:
+    assert actions.set_limits(ADMIN, SERVICE, 1, 3).result == "ok"
+    assert limits_of(store, config.service(SERVICE)).source == "override"
+    reset = actions.set_limits(ADMIN, SERVICE, 1, 2)  # the file says [1, 2]
+    assert reset.ok and reset.result == "ok" and "the config's [1, 2]" in reset.detail, reset.detail
+    assert store.get_kv(limits_key(SERVICE)) is None, "the override must be gone, not rewritten"
+    assert limits_of(store, config.service(SERVICE)).source == "config"
+    assert [row.result for row in store.audit(op_id=reset.op_id)] == ["started", "ok"]
+
+
 def test_fleet_up_desired_count_respects_the_limits(config: FleetConfig, store: Store,
                                                     actions: FleetActions) -> None:
     idle = config.service(IDLE)
@@ -218,6 +229,14 @@ def test_cli_shows_limits_and_refuses_a_viewer(fleet_setup: tuple[FleetConfig, P
     bad = run_cli(admin_file, "limits", SERVICE, "--min", "3", "--max", "2", "--yes")
     assert bad.returncode == 3 and "--min (3) must be <= --max (2)" in bad.stderr, bad.stdout + bad.stderr
     assert effective_limits(store, config.service(SERVICE)) == (1, 2)
+
+    raised = run_cli(admin_file, "limits", SERVICE, "--max", "3", "--yes")
+    assert raised.returncode == 0 and effective_limits(store, config.service(SERVICE)) == (1, 3), raised.stderr
+    mixed = run_cli(admin_file, "limits", SERVICE, "--reset", "--max", "4", "--yes")
+    assert mixed.returncode == 3 and "takes no --min/--max" in mixed.stderr
+    reset = run_cli(admin_file, "limits", SERVICE, "--reset", "--yes")
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert limits_of(store, config.service(SERVICE)).source == "config"
 
 
 def service_panel(role: str) -> None:

@@ -352,6 +352,8 @@ def test_kv_and_facts(store: Store) -> None:
     store.put_kv("leader", {"pid": 1})
     store.put_kv("leader", {"pid": 2, "nested": [1, 2]})
     assert store.get_kv("leader") == {"pid": 2, "nested": [1, 2]}
+    assert store.delete_kv("leader") is True and store.get_kv("leader") is None
+    assert store.delete_kv("leader") is False
 
     fact = Fact(None, "run-1", "lb_health_checks", "bronze", "web", T0, "pass", "3/3 healthy", {"urls": ["a", "b"]})
     fid = store.add_fact(fact)
