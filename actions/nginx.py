@@ -492,15 +492,19 @@ class ManagedNginx:
         assert self.lb.include_path and self.lb.reload_command  # guaranteed by the config schema
         files: dict[str, Path | str] = {"upstream.conf": self.config.resolve(self.lb.include_path)}
         previous = self._install(files, {"upstream.conf": self.render_upstream(servers)})
-        if shutil.which(self.lb.nginx_binary) or Path(self.lb.nginx_binary).exists():
+        # The operator's nginx may run elsewhere (a container, another host): only their test_command knows how to
+        # validate it; a local `nginx -t` would check this machine's unrelated config.
+        if self.lb.test_command:
             try:
-                test = subprocess.run([self.lb.nginx_binary, "-t"], capture_output=True, text=True, timeout=15)
-            except (OSError, subprocess.TimeoutExpired) as error:
-                test = subprocess.CompletedProcess([], 1, "", str(error))
+                test = subprocess.run(self.lb.test_command, shell=True, capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired as error:
+                test = subprocess.CompletedProcess([], 1, "", f"timed out after {error.timeout}s")
             if test.returncode != 0:
                 self._restore(files, previous)
-                return self._failed(f"nginx -t rejected the upstream include: {test.stderr.strip()}", servers,
-                                    previous_gen, True)
+                return self._failed(
+                    f"test_command rejected the upstream include: {(test.stderr or test.stdout).strip()}",
+                    servers, previous_gen, True,
+                )
         reload = subprocess.run(self.lb.reload_command, shell=True, capture_output=True, text=True, timeout=60)
         if reload.returncode != 0:
             self._restore(files, previous)

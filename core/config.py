@@ -108,6 +108,10 @@ class LoadBalancerConfig(_Strict):
     nginx_binary: str = "/usr/sbin/nginx"
     include_path: str | None = None
     reload_command: str | None = None
+    # external mode: validates the operator's nginx with the new include before reload_command runs (e.g.
+    # "nginx -t", or "docker exec lb nginx -t"); a failure restores the previous include. Without it the
+    # reload_command must validate by itself.
+    test_command: str | None = None
     stub_status_url: str | None = None
     access_log: str | None = None
     plus_api_url: str | None = None

@@ -21,6 +21,8 @@ from core.store import Store
 from tests.support import PYTHON, free_port, wait_http
 from tests.test_local_backend import write_standin
 
+NGINX = "/usr/sbin/nginx"  # Debian's nginx, as the config default
+
 
 class BrokenNginx(ManagedNginx):
     """Renders an upstream block nginx -t must reject."""
@@ -171,13 +173,12 @@ def test_external_mode_renders_include_and_rolls_back(tmp_path: Path) -> None:
     include = tmp_path / "conf.d" / "fleet-upstream.conf"
     marker = tmp_path / "reloaded"
 
-    def external(reload_command: str) -> ManagedNginx:
+    def external(reload_command: str, test_command: str | None = None) -> ManagedNginx:
         data = {
             "services": [{"name": "web", "command": "x {port} {instance_id}", "ports": {"start": 20000, "end": 20010}}],
             "load_balancer": {"service": "web", "mode": "external", "include_path": str(include),
-                              "reload_command": reload_command,
-                              # no binary: validation is skipped, the reload command alone decides
-                              "nginx_binary": str(tmp_path / "no-nginx")},
+                              # no test_command: the reload command alone decides
+                              "reload_command": reload_command, "test_command": test_command},
         }
         return ManagedNginx(parse_config(data, "test", tmp_path))
 
@@ -187,3 +188,18 @@ def test_external_mode_renders_include_and_rolls_back(tmp_path: Path) -> None:
     failed = external("echo reload broke >&2; exit 3").apply([UpstreamServer("127.0.0.1:9102", UP, "web-2")])
     assert not failed.ok and "reload broke" in failed.detail and failed.generation == 1
     assert "9101" in include.read_text() and "9102" not in include.read_text()
+
+    # the operator's real nginx validates the include: a conf that includes it, checked with the real `nginx -t`
+    operator_conf = tmp_path / "operator-nginx.conf"
+    operator_conf.write_text(
+        f"pid {tmp_path}/op.pid; error_log stderr;\nevents {{}}\n"
+        f"http {{ include {include}; server {{ listen 127.0.0.1:1; }} }}\n"
+    )
+    nginx_test = f"{NGINX} -t -q -c {operator_conf} -p {tmp_path}"
+    validated = external(f"touch {marker}", nginx_test).apply([UpstreamServer("127.0.0.1:9103", UP, "web-3")])
+    assert validated.ok and "9103" in include.read_text(), validated.detail
+    marker.unlink()
+    rejected = external(f"touch {marker}", nginx_test).apply([UpstreamServer("not an address", UP, "web-4")])
+    assert not rejected.ok and "test_command rejected" in rejected.detail, rejected.detail
+    assert "9103" in include.read_text() and "not an address" not in include.read_text(), "include restored"
+    assert not marker.exists(), "no reload after a failed test"
