@@ -20,6 +20,7 @@ from core.store import Store
 from dashboard import sample_data
 from dashboard.sample_data import FleetShape
 from tests.support import PYTHON, REPO_ROOT, free_port, wait_http
+from tests.test_dashboard_pages import write_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -36,18 +37,7 @@ README_PAGES = {"", "instances", "queues", "database"}
 def dashboard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("browser")
     db = directory / "fleetdeck.db"
-    config = directory / "fleet.yaml"
-    config.write_text(
-        f"""
-state_dir: {directory / "run"}
-services:
-  - name: web
-    command: "true {{port}} {{instance_id}}"
-    ports: {{start: 20000, end: 20010}}
-store: {{url: "sqlite:///{db}"}}
-dashboard: {{embedded_collector: false}}
-"""
-    )
+    config = write_config(directory)  # the same store-only config the AppTest pages use
     store = Store(f"sqlite:///{db}")
     # web-2 is down: the Instances page must show it red ("DOWN") in the DOM
     sample_data.seed(store, FleetShape(instances=3, span_s=3600, step_s=10, down=(2,)), time.time())
