@@ -8,9 +8,12 @@ SYSTEM_PYTHON ?= python3
 
 venv: $(VENV)/.requirements-installed
 
-$(VENV)/.requirements-installed: requirements.txt
+# requirements.txt pins everything; the editable install then adds the `fleetdeck` package and console script
+# without touching those pins (--no-deps: pyproject.toml's dependencies are the same pins).
+$(VENV)/.requirements-installed: requirements.txt pyproject.toml
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 demo: venv

@@ -57,3 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetdeck: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # `python -m cli.main`, e.g. in the Docker image, which has no console script
+    sys.exit(main())

@@ -6,17 +6,13 @@ The router: page list, shared sidebar (time range, auto-refresh), embedded colle
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the repository root the packages live in
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from dashboard import auth_gate, ui  # noqa: E402
+# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the repository root: the packages come from
+# the editable install (`make venv`).
+from dashboard import auth_gate, ui
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 

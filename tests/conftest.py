@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import PG_ADMIN_DSN, REDIS_URL, unique_name
 

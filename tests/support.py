@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+# The interpreter running the tests: spawned Python processes get the same packages (and the editable install).
+PYTHON = sys.executable
 PG_ADMIN_DSN = os.environ.get("FLEETDECK_TEST_PG", "postgresql://127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FLEETDECK_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
