@@ -19,27 +19,30 @@ from typing import Any, TypedDict
 import psycopg
 from psycopg import conninfo
 
-from actions.base import (
+from actions.backends import LOCAL
+from actions.backends.base import (
     DRAINING,
     LIVE_STATES,
     RUNNING,
     UP,
+    BackendError,
     FleetError,
     Replica,
     ReplicaUnhealthy,
     UpstreamServer,
 )
-from actions.local import (
+from actions.backends.local import LocalOrchestrator
+from actions.backends.nginx import ManagedNginx, loopback_url, split_listen
+from core.config import REPO_ROOT, FleetConfig, ServiceConfig, config_path
+from core.process import (
     VENV_PYTHON,
-    LocalOrchestrator,
+    ProcessControlError,
     http_get,
     port_is_free,
     process_matches,
     tail,
     terminate,
 )
-from actions.nginx import ManagedNginx, loopback_url, split_listen
-from core.config import REPO_ROOT, FleetConfig, ServiceConfig, config_path
 from core.store import Store
 
 log = logging.getLogger(__name__)
@@ -158,7 +161,10 @@ class BackgroundProcess:
     def stop(self) -> bool:
         pid = self.pid()
         if pid:
-            terminate(pid, 10.0)
+            try:
+                terminate(pid, 10.0)
+            except ProcessControlError as error:
+                raise BackendError(str(error)) from None
         self.pid_path.unlink(missing_ok=True)
         return pid is not None
 
@@ -234,10 +240,10 @@ class StandaloneCollector(BackgroundProcess):
 
 
 def _local_services(config: FleetConfig) -> list[ServiceConfig]:
-    others = [s.name for s in config.services if s.backend != "local"]
+    others = [s.name for s in config.services if s.backend != LOCAL]
     if others:
         log.info("fleet up/down manage local services only; skipping %s", ", ".join(others))
-    return [s for s in config.services if s.backend == "local"]
+    return [s for s in config.services if s.backend == LOCAL]
 
 
 def desired_replicas(store: Store, service: ServiceConfig) -> int:
@@ -388,7 +394,7 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
     for service in config.services:
         desired = desired_replicas(store, service)
         entry: dict[str, Any] = {"backend": service.backend, "desired": desired, "replicas": []}
-        if service.backend == "local":
+        if service.backend == LOCAL:
             for replica in orchestrator.list(service):
                 health = orchestrator.probe(service, replica) if replica.state in LIVE_STATES else "down"
                 entry["replicas"].append({

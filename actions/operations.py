@@ -34,7 +34,8 @@ from typing import Any, Literal, NamedTuple
 
 from actions import audit
 from actions.auth import PermissionDenied, require
-from actions.base import (
+from actions.backends import backend_for, port_capacity
+from actions.backends.base import (
     DOWN,
     DRAINING,
     LIVE_STATES,
@@ -49,8 +50,8 @@ from actions.base import (
     UpstreamServer,
     new_op_id,
 )
-from actions.local import http_get
 from core.config import FleetConfig, ServiceConfig
+from core.process import http_get
 from core.store import Store
 
 # Action names, as audited and as checked by actions.auth.require().
@@ -193,11 +194,6 @@ class Limits(NamedTuple):
         return f"override set by {self.by or '?'} at {when}"
 
 
-def port_capacity(service: ServiceConfig) -> int | None:
-    """How many replicas the local backend can place (one port each); None when the backend has no such bound."""
-    return len(service.ports.ports()) if service.backend == "local" else None
-
-
 def limits_of(store: Store, service: ServiceConfig) -> Limits:
     """The effective bounds: the admin's override in the store when it is still valid, else the config's.
 
@@ -287,19 +283,8 @@ class FleetActions:
         if self._orchestrator is not None:
             return self._orchestrator
         if service.backend not in self._backends:
-            # imported on demand: the Docker SDK is only needed when a docker/swarm service is acted on
-            if service.backend == "docker":
-                from actions.docker_backend import DockerOrchestrator
-
-                self._backends["docker"] = DockerOrchestrator(self.config, self.store)
-            elif service.backend == "swarm":
-                from actions.swarm_backend import SwarmOrchestrator
-
-                self._backends["swarm"] = SwarmOrchestrator(self.config, self.store)
-            else:
-                from actions.local import LocalOrchestrator
-
-                self._backends["local"] = LocalOrchestrator(self.config, self.store)
+            # one per backend, kept: a docker/swarm orchestrator holds the daemon connection
+            self._backends[service.backend] = backend_for(service, self.config, self.store)
         return self._backends[service.backend]
 
     def balancer(self, service: ServiceConfig) -> LoadBalancer | None:
@@ -308,7 +293,7 @@ class FleetActions:
         if lb is None or lb.service != service.name:
             return None
         if self._balancer is None:
-            from actions.nginx import ManagedNginx
+            from actions.backends.nginx import ManagedNginx
 
             self._balancer = ManagedNginx(self.config, self.store)
         return self._balancer

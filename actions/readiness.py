@@ -26,7 +26,8 @@ from http.cookies import SimpleCookie
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from actions.base import LIVE_STATES, Replica
+from actions.backends import LOCAL, backend_for
+from actions.backends.base import LIVE_STATES, Replica
 from actions.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN, WARN, Rule, Scorecard, parse_rule_selection, score
 from core.config import FleetConfig, ServiceConfig
 from core.store import Fact, Store
@@ -147,16 +148,14 @@ class Fleet:
         lb = self.config.load_balancer
         if lb is None or lb.service != self.service.name:
             return None
-        from actions.nginx import loopback_url
+        from actions.backends.nginx import loopback_url
 
         return loopback_url(lb.listen, "").rstrip("/")
 
     def instances(self) -> list[Replica]:
         """Live replicas in instance-id order (local backend: the orchestrator; others: the store's registry)."""
-        if self.service.backend == "local":
-            from actions.local import LocalOrchestrator
-
-            replicas = LocalOrchestrator(self.config, self.store).list(self.service)
+        if self.service.backend == LOCAL:
+            replicas = backend_for(self.service, self.config, self.store).list(self.service)
         else:
             replicas = [Replica(r.service, r.instance_id, r.host, r.port, r.pid, r.state, r.started_at, r.ref)
                         for r in self.store.replicas(self.service.name)]
@@ -220,7 +219,7 @@ def check_lb_health_checks(fleet: Fleet) -> CheckOutcome:
     lb = fleet.config.load_balancer
     if lb is None or lb.service != fleet.service.name:
         return CheckOutcome(FAIL, "no load balancer in front of the service", evidence, fleet.service.name)
-    from actions.nginx import ManagedNginx
+    from actions.backends.nginx import ManagedNginx
 
     nginx = ManagedNginx(fleet.config, fleet.store)
     upstream_file = nginx.prefix / "upstream.conf" if lb.mode == "managed" else fleet.config.resolve(

@@ -114,14 +114,14 @@ class _DirectScaler:
     name = "fallback: LocalOrchestrator + ManagedNginx.apply (actions.operations unavailable)"
 
     def __init__(self, config: FleetConfig, store: Store) -> None:
-        from actions.local import LocalOrchestrator
+        from actions.backends.local import LocalOrchestrator
 
         self.config, self.store = config, store
         self.orchestrator = LocalOrchestrator(config, store)
 
     def scale(self, service: ServiceConfig, wanted: int) -> tuple[bool, str]:
-        from actions.base import UP, UpstreamServer
-        from actions.nginx import ManagedNginx
+        from actions.backends.base import UP, UpstreamServer
+        from actions.backends.nginx import ManagedNginx
 
         live = self.orchestrator.live(service)
         while len(live) < wanted:
@@ -160,7 +160,7 @@ def run_scaling(
     service = config.service(service_name)
     if lb is None or lb.service != service.name:
         raise ValueError(f"service '{service.name}' has no load balancer in front: nothing to measure through")
-    from actions.nginx import loopback_url
+    from actions.backends.nginx import loopback_url
 
     url = loopback_url(lb.listen, options.path)
     scale_one, scaler_name, live_count = _scaler(config, store, principal, service)
@@ -244,7 +244,7 @@ def run_scaling(
 def _scaler(config: FleetConfig, store: Store, principal: Any,
             service: ServiceConfig) -> tuple[Callable[[int], tuple[bool, str]], str, Callable[[], int]]:
     """(scale_to(n) -> (ok, detail), its name, live replica count) through the actions layer if it exists."""
-    from actions.base import LIVE_STATES
+    from actions.backends.base import LIVE_STATES
 
     try:
         from actions.operations import FleetActions

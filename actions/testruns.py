@@ -202,8 +202,8 @@ def _emit(echo: Any, event: dict[str, Any]) -> None:
 
 def load_spec_from(config: FleetConfig, params: dict[str, Any]) -> Any:
     """A LoadSpec from page/CLI parameters: url (default: through the LB + path), shape, rate, duration..."""
+    from actions.backends.nginx import loopback_url
     from actions.loadgen import LoadSpec, parse_shape
-    from actions.nginx import loopback_url
 
     url = params.get("url")
     if not url:

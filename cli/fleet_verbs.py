@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from actions.base import FleetdeckActionError
+from actions.backends.base import FleetdeckActionError
 from core.config import config_path, load_config
 
 

@@ -19,12 +19,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from actions.backends import DOCKER
 from collectors.base import LATENCY, UP, MetricRegistry
 from core.config import FleetConfig, ServiceConfig
 from core.samples import Sample
 
 if TYPE_CHECKING:  # the Docker SDK is imported only when a Docker-backed service is configured
-    from actions.docker_backend import DockerOrchestrator
+    from actions.backends.docker import DockerOrchestrator
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ContainerTarget(NamedTuple):
 
 
 def docker_services(config: FleetConfig) -> list[ServiceConfig]:
-    return [s for s in config.services if s.backend == "docker"]
+    return [s for s in config.services if s.backend == DOCKER]
 
 
 class ContainerCollector:
@@ -56,7 +57,7 @@ class ContainerCollector:
     def _orchestrator(self) -> DockerOrchestrator:
         # made on first use and kept: it holds the daemon connection; BackendError when the daemon is unreachable
         if self._backend is None:
-            from actions.docker_backend import DockerOrchestrator
+            from actions.backends.docker import DockerOrchestrator
 
             self._backend = DockerOrchestrator(self.config, self.store)
         return self._backend

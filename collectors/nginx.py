@@ -6,7 +6,7 @@ $upstream_response_time, ``s`` = $status). The log is tailed from the last offse
 (the path's inode changed) is handled by draining the old file descriptor to EOF first, and for one more tick
 because workers reopen asynchronously after ``nginx -s reopen``; a truncation restarts at 0; a partial last line
 waits for the next tick. ``server_state`` comes from ``<state_dir>/nginx/upstream.json`` written by
-actions/nginx.py. When ``plus_api_url`` is set the NGINX Plus ``/api/9/http/upstreams`` peers are used instead.
+actions/backends/nginx.py. When ``plus_api_url`` is set the NGINX Plus ``/api/9/http/upstreams`` peers are used instead.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def read_upstream_states(path: Path) -> dict[str, str]:
-    """address -> up|draining|down from actions/nginx.py's upstream.json; empty when absent or unreadable."""
+    """address -> up|draining|down from actions/backends/nginx.py's upstream.json; empty when absent or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

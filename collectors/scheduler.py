@@ -29,6 +29,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from actions.backends import DOCKER
 from collectors.alerts import AlertEvaluator
 from collectors.bullmq import BullMQCollector
 from collectors.instances import InstanceCollector
@@ -51,7 +52,7 @@ ROLLUP_FIRST_AFTER_S = 60.0
 
 def build_collectors(config: FleetConfig, store: Any = None) -> list[Any]:
     first: list[Any] = []
-    if any(service.backend == "docker" for service in config.services):
+    if any(service.backend == DOCKER for service in config.services):
         from collectors.containers import ContainerCollector  # imports the Docker SDK: only when needed
 
         # first: its targets() syncs the replica table from Docker, which the instance collector's targets() reads

@@ -22,7 +22,8 @@ import streamlit as st
 
 from actions import audit
 from actions.auth import Principal, allowed
-from actions.base import new_op_id
+from actions.backends import port_capacity
+from actions.backends.base import new_op_id
 from actions.operations import (
     DRAIN,
     PERMISSION_OF,
@@ -34,7 +35,6 @@ from actions.operations import (
     FleetActions,
     Plan,
     limits_of,
-    port_capacity,
 )
 from core.config import FleetConfig, ServiceConfig
 from core.store import Store

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from actions.auth import Principal
-from actions.base import LIVE_STATES, UP, UpstreamServer
-from actions.local import LocalOrchestrator
-from actions.nginx import ManagedNginx
+from actions.backends.base import LIVE_STATES, UP, UpstreamServer
+from actions.backends.local import LocalOrchestrator
+from actions.backends.nginx import ManagedNginx
 from actions.operations import FleetActions, OperationResult
 from core.config import FleetConfig
 from core.store import Store

@@ -17,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from actions import fleet
 from actions.auth import Principal
-from actions.base import LIVE_STATES
-from actions.local import LocalOrchestrator
+from actions.backends.base import LIVE_STATES
+from actions.backends.local import LocalOrchestrator
 from actions.operations import FleetActions, OperationResult, effective_limits, limits_key, limits_of
 from core.config import FleetConfig
 from core.store import Store

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from actions.auth import Principal
-from actions.base import DOWN, LIVE_STATES, UP
-from actions.local import LocalOrchestrator
-from actions.nginx import ManagedNginx
+from actions.backends.base import DOWN, LIVE_STATES, UP
+from actions.backends.local import LocalOrchestrator
+from actions.backends.nginx import ManagedNginx
 from actions.operations import FleetActions
 from core.config import FleetConfig, parse_config
 from core.store import Store

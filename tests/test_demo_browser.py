@@ -19,8 +19,8 @@ import pytest
 import yaml
 from playwright.sync_api import Page, sync_playwright
 
-from actions.local import pid_alive
 from core.config import load_config
+from core.process import pid_alive
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block
 

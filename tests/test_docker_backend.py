@@ -21,8 +21,8 @@ import docker
 import pytest
 
 from actions.auth import Principal
-from actions.base import DOWN, LIVE_STATES, UP
-from actions.docker_backend import (
+from actions.backends.base import DOWN, LIVE_STATES, UP
+from actions.backends.docker import (
     LABEL_PROJECT,
     DockerOrchestrator,
     cpu_percent,
@@ -79,8 +79,8 @@ def test_docker_timestamps_with_nanoseconds() -> None:
 
 
 def test_registry_mirror_upserts_changes_and_drops_vanished(tmp_path: Path) -> None:
-    from actions.base import Replica
-    from actions.docker_backend import mirror_replicas, recorded_states
+    from actions.backends.base import Replica
+    from actions.backends.docker import mirror_replicas, recorded_states
     from core.store import ReplicaRecord
 
     store = Store(f"sqlite:///{tmp_path}/store.db")
@@ -96,7 +96,7 @@ def test_registry_mirror_upserts_changes_and_drops_vanished(tmp_path: Path) -> N
 
 
 def test_nginx_worker_pids_from_docker_top() -> None:
-    from actions.docker_backend import nginx_worker_pids, wait_workers_gone
+    from actions.backends.docker import nginx_worker_pids, wait_workers_gone
 
     class FakeContainer:
         def __init__(self) -> None:
@@ -177,7 +177,7 @@ def _config(project: str, web_port: int, nginx_port: int, state_dir: Path, inclu
                 # once the previous generation's workers are gone (what a drain waits for)
                 "nginx_binary": "/nonexistent/nginx",
                 "reload_command": (
-                    f"cd {REPO_ROOT} && {python} -m actions.docker_backend reload-nginx"
+                    f"cd {REPO_ROOT} && {python} -m actions.backends.docker reload-nginx"
                     f" --project {project} --service nginx-host --wait-old-workers 10"
                 ),
                 "rate_limits": {"enabled": False},
@@ -378,7 +378,7 @@ def test_compose_stack_scale_drain_under_load(compose_stack: dict[str, Any], doc
     sock = {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}
     listing = docker_client.containers.run(
         "fleetdeck/fleetdeck:dev",
-        ["python3", "-m", "actions.docker_backend", "list", "--project", compose_stack["project"], "--service", "web"],
+        ["python3", "-m", "actions.backends.docker", "list", "--project", compose_stack["project"], "--service", "web"],
         network_mode="host", remove=True, volumes=sock,
     ).decode()
     assert [json.loads(line)["number"] for line in listing.splitlines()] == [1, 2]
@@ -477,8 +477,8 @@ def test_swarm_service_scaled_up_and_down(swarm: Any, pg_dsn: str, redis_prefix:
     """Scale up, then drain one chosen task in nginx and scale down: the drained task is the one Swarm removes."""
     from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
-    from actions.nginx import ManagedNginx
-    from actions.swarm_backend import SwarmOrchestrator
+    from actions.backends.nginx import ManagedNginx
+    from actions.backends.swarm import SwarmOrchestrator
 
     port_base = free_port_block(6)
     lb_port = free_port()

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from actions.fleet import Dashboard, ensure_database
-from actions.local import pid_alive
 from core.config import load_config
+from core.process import pid_alive
 from core.store import Store
 from tests.support import PG_ADMIN_DSN, REPO_ROOT, free_port, free_port_block, unique_name
 

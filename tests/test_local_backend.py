@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from actions.base import DEAD, LIVE_STATES, RUNNING, Refused
-from actions.local import LocalOrchestrator, http_get, pid_alive
+from actions.backends.base import DEAD, LIVE_STATES, RUNNING, Refused
+from actions.backends.local import LocalOrchestrator
 from core.config import FleetConfig, parse_config
+from core.process import http_get, pid_alive
 from core.store import ReplicaRecord, Store
 from tests.support import free_port_block
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from actions.base import DRAINING, UP, UpstreamServer
-from actions.local import http_get, pid_alive
-from actions.nginx import ManagedNginx
+from actions.backends.base import DRAINING, UP, UpstreamServer
+from actions.backends.nginx import ManagedNginx
 from core.config import FleetConfig, parse_config
+from core.process import http_get, pid_alive
 from core.store import Store
 from tests.support import PYTHON, free_port, wait_http
 from tests.test_local_backend import write_standin
@@ -155,7 +155,7 @@ def test_render_validate_reload_and_rollback(
 
 
 def test_rate_limits_can_be_disabled(tmp_path: Path) -> None:
-    from actions.nginx import render_nginx_conf
+    from actions.backends.nginx import render_nginx_conf
 
     data = {
         "services": [{"name": "web", "command": "x {port} {instance_id}", "ports": {"start": 20000, "end": 20010}}],

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from actions.auth import PermissionDenied, Principal
-from actions.base import LIVE_STATES
-from actions.local import LocalOrchestrator
+from actions.backends.base import LIVE_STATES
+from actions.backends.local import LocalOrchestrator
 from actions.readiness import ReadinessOptions, run_readiness, worker_names
 from core.config import FleetConfig, parse_config
 from core.samples import Sample

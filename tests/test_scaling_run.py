@@ -14,8 +14,8 @@ import pytest
 
 from actions import testruns
 from actions.auth import Principal
-from actions.base import LIVE_STATES
-from actions.local import LocalOrchestrator
+from actions.backends.base import LIVE_STATES
+from actions.backends.local import LocalOrchestrator
 from actions.scaling import ScalingOptions, latest_scaling_run, run_key, run_scaling
 from core.config import FleetConfig
 from core.store import Store

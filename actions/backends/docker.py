@@ -32,7 +32,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from actions.base import (
+from actions.backends.base import (
     DEAD,
     LIVE_STATES,
     RUNNING,
@@ -43,8 +43,8 @@ from actions.base import (
     Replica,
     ReplicaUnhealthy,
 )
-from actions.local import http_get, port_is_free
 from core.config import FleetConfig, ServiceConfig
+from core.process import http_get, port_is_free
 from core.samples import Sample
 
 if TYPE_CHECKING:  # the store is optional: the backend works without one (tests, `reload-nginx` command)
@@ -187,6 +187,11 @@ class DockerOrchestrator:
         self.config = config
         self.store = store
         self.client = connect_docker(client)
+
+    @staticmethod
+    def port_capacity(service: ServiceConfig) -> int | None:
+        """None: the daemon places the replicas; the port range does not bound their number."""
+        return None
 
     # -- identity
 
@@ -647,9 +652,9 @@ def reload_nginx_container(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m actions.docker_backend reload-nginx --project P [--service nginx]`: a `reload_command` for an
+    """`python -m actions.backends.docker reload-nginx --project P [--service nginx]`: a `reload_command` for an
     external nginx that runs in a container (load_balancer.mode: external)."""
-    parser = argparse.ArgumentParser(prog="python -m actions.docker_backend")
+    parser = argparse.ArgumentParser(prog="python -m actions.backends.docker")
     verbs = parser.add_subparsers(dest="verb", required=True)
     reload = verbs.add_parser("reload-nginx", help="nginx -t, then reload, inside the nginx container")
     reload.add_argument("--project", required=True, help="the Compose project")

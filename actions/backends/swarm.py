@@ -23,8 +23,8 @@ import docker
 import docker.errors
 from docker.models.services import Service
 
-from actions.base import DEAD, LIVE_STATES, RUNNING, STARTING, STOPPED, BackendError, Refused, Replica
-from actions.docker_backend import (
+from actions.backends.base import DEAD, LIVE_STATES, RUNNING, STARTING, STOPPED, BackendError, Refused, Replica
+from actions.backends.docker import (
     _env_map,
     connect_docker,
     http_status,
@@ -64,6 +64,11 @@ class SwarmOrchestrator:
         self.store = store
         self.poll_s = poll_s
         self.client = connect_docker(client)
+
+    @staticmethod
+    def port_capacity(service: ServiceConfig) -> int | None:
+        """None: the daemon places the replicas; the port range does not bound their number."""
+        return None
 
     # -- identity
 

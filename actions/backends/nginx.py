@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from actions.base import DOWN, UP, UPSTREAM_STATES, ApplyResult, NginxError, UpstreamServer
-from actions.local import http_get, pid_alive, proc_cmdline, terminate
+from actions.backends.base import DOWN, UP, UPSTREAM_STATES, ApplyResult, BackendError, NginxError, UpstreamServer
 from core.config import FleetConfig, LoadBalancerConfig
+from core.process import ProcessControlError, http_get, pid_alive, proc_cmdline, terminate
 from core.store import Store
 
 log = logging.getLogger(__name__)
@@ -313,11 +313,14 @@ class ManagedNginx:
             return False
         workers = self._children_of(pid)
         grace = self.lb.worker_shutdown_timeout_s + 2 if timeout_s is None else timeout_s
-        outcome = terminate(pid, grace, group=False, first_signal=signal.SIGQUIT)
-        # A master killed with SIGKILL leaves its workers behind: finish them too (they are ours by parentage).
-        for worker in workers:
-            if pid_alive(worker):
-                terminate(worker, 1.0, group=False)
+        try:
+            outcome = terminate(pid, grace, group=False, first_signal=signal.SIGQUIT)
+            # A master killed with SIGKILL leaves its workers behind: finish them too (they are ours by parentage).
+            for worker in workers:
+                if pid_alive(worker):
+                    terminate(worker, 1.0, group=False)
+        except ProcessControlError as error:
+            raise BackendError(str(error)) from None
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
         log.info("nginx master %s stopped (%s)", pid, outcome)
