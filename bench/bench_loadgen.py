@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actions.loadgen import LoadSpec, check_target, run_load
+from actions.proving.loadgen import LoadSpec, check_target, run_load
 from tests.support import free_port, wait_http
 
 NGINX_CONF = """

@@ -86,7 +86,7 @@ def _handle_load(args: argparse.Namespace) -> int:
 
 
 def _handle_readiness(args: argparse.Namespace) -> int:
-    from actions.scorecard import parse_rule_selection
+    from actions.proving.scorecard import parse_rule_selection
 
     try:
         parse_rule_selection(args.rules)
@@ -133,9 +133,9 @@ def _printer(to_stderr: bool) -> Any:
 
 
 def _run(args: argparse.Namespace, kind: str, params: dict[str, Any]) -> int:
-    from actions import testruns
     from actions.auth import PermissionDenied, cli_principal, require
     from actions.fleet import open_store
+    from actions.proving import testruns
 
     config = load_config(args.config)
     principal = cli_principal(config.auth)
@@ -200,8 +200,8 @@ def _exports(args: argparse.Namespace, store: Any, run_id: str) -> None:
         return
     from pathlib import Path
 
-    from actions import report, scorecard
-    from actions.readiness import RUN_PREFIX
+    from actions.proving import report, scorecard
+    from actions.proving.readiness import RUN_PREFIX
 
     facts = store.facts(run_id=run_id)
     if args.csv:

@@ -1,6 +1,6 @@
 """A small, bounded, constant-rate POST load for the zero-drop tests of the actions.
 
-Why not actions/loadgen: the tests need per-request outcomes (which request failed, how) more than throughput,
+Why not actions/proving/loadgen: the tests need per-request outcomes (which request failed, how) more than throughput,
 and a modest rate (≤ 100 req/s) is plenty. Each request goes out on a *fresh* TCP connection: nginx closing idle
 client keep-alives on reload can then never hit us, so every failure counted is a real failure. The counter
 `closed_on_reuse` (a reused connection closed before any response byte — the reload race) exists to report that

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actions.loadgen import (
+from actions.proving.loadgen import (
     Constant,
     Histogram,
     LoadSpec,
@@ -497,7 +497,7 @@ def test_connect_errors_counted() -> None:
 SIGINT_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[3])
-from actions.loadgen import LoadSpec, run_load
+from actions.proving.loadgen import LoadSpec, run_load
 
 if __name__ == "__main__":  # workers are spawned processes that re-import this file
     spec = LoadSpec(sys.argv[1], connections=2, duration_s=30, max_requests=50_000_000, workers=int(sys.argv[2]))

@@ -15,7 +15,7 @@ import redis
 from actions.auth import PermissionDenied, Principal
 from actions.backends.base import LIVE_STATES
 from actions.backends.local import LocalOrchestrator
-from actions.readiness import ReadinessOptions, run_readiness, worker_names
+from actions.proving.readiness import ReadinessOptions, run_readiness, worker_names
 from core.config import FleetConfig, parse_config
 from core.samples import Sample
 from core.store import Store

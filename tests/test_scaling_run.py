@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from actions import testruns
 from actions.auth import Principal
 from actions.backends.base import LIVE_STATES
 from actions.backends.local import LocalOrchestrator
-from actions.scaling import ScalingOptions, latest_scaling_run, run_key, run_scaling
+from actions.proving import testruns
+from actions.proving.scaling import ScalingOptions, latest_scaling_run, run_key, run_scaling
 from core.config import FleetConfig
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block, unique_name

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from actions import report
-from actions.scorecard import (
+from actions.proving import report
+from actions.proving.scorecard import (
     LEVELS,
     RULES,
     facts_csv,

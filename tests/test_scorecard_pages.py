@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from actions import testruns
-from actions.scaling import latest_key, run_key
-from actions.scorecard import RULES
+from actions.proving import testruns
+from actions.proving.scaling import latest_key, run_key
+from actions.proving.scorecard import RULES
 from core.store import Fact, Store
 
 PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "app_pages"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actions.usl import efficiency, fit_usl, usl_throughput
+from actions.proving.usl import efficiency, fit_usl, usl_throughput
 
 
 @pytest.mark.parametrize(("lam", "sigma", "kappa"), [(1000.0, 0.05, 0.01), (420.0, 0.2, 0.002), (80.0, 0.0, 0.03)])

@@ -1,6 +1,6 @@
 """Scaling tests: start a load or scaling test, watch it live, cancel it; past runs with their results.
 
-The run itself lives in a background thread owned by actions/testruns.py, which writes progress to the store;
+The run itself lives in a background thread owned by actions/proving/testruns.py, which writes progress to the store;
 this page only reads those documents (and writes a cancel request), so a rerun or another session sees the same run.
 """
 
@@ -11,8 +11,8 @@ import time
 import pandas as pd
 import streamlit as st
 
-from actions import report, testruns
 from actions.auth import allowed
+from actions.proving import report, testruns
 from dashboard import auth_gate, ui
 
 config = ui.fleet_config()

@@ -1,7 +1,7 @@
 """Scorecard (for managers): the level reached, % of points, every rule with its evidence, the trend, exports.
 
-All scoring lives in actions/scorecard.py and all rendering of exports in actions/report.py; this page only
-picks a run and shows what those return.
+All scoring lives in actions/proving/scorecard.py and all rendering of exports in actions/proving/report.py; this
+page only picks a run and shows what those return.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import time
 import pandas as pd
 import streamlit as st
 
-from actions import report, scorecard, testruns
 from actions.auth import allowed
-from actions.readiness import RUN_PREFIX
-from actions.scaling import latest_scaling_run
+from actions.proving import report, scorecard, testruns
+from actions.proving.readiness import RUN_PREFIX
+from actions.proving.scaling import latest_scaling_run
 from dashboard import auth_gate, ui
 
 # Plain symbols, not ":material/...:" shortcodes: those render only in markdown, and st.dataframe cells are text.

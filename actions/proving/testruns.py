@@ -203,7 +203,7 @@ def _emit(echo: Any, event: dict[str, Any]) -> None:
 def load_spec_from(config: FleetConfig, params: dict[str, Any]) -> Any:
     """A LoadSpec from page/CLI parameters: url (default: through the LB + path), shape, rate, duration..."""
     from actions.backends.nginx import loopback_url
-    from actions.loadgen import LoadSpec, parse_shape
+    from actions.proving.loadgen import LoadSpec, parse_shape
 
     url = params.get("url")
     if not url:
@@ -224,7 +224,7 @@ def load_spec_from(config: FleetConfig, params: dict[str, Any]) -> Any:
 
 def _run_load(config: FleetConfig, recorder: Recorder, params: dict[str, Any], cancel: threading.Event,
               echo: Any) -> tuple[dict[str, Any], bool]:
-    from actions.loadgen import run_load
+    from actions.proving.loadgen import run_load
 
     spec = load_spec_from(config, params)
     recorder.update(params={**params, "url": spec.url, "method": spec.method})
@@ -249,7 +249,7 @@ def _run_load(config: FleetConfig, recorder: Recorder, params: dict[str, Any], c
 
 def _run_readiness(config: FleetConfig, store: Store, principal: Any, recorder: Recorder, params: dict[str, Any],
                    cancel: threading.Event, echo: Any) -> tuple[dict[str, Any], bool]:
-    from actions.readiness import ReadinessOptions, run_readiness
+    from actions.proving.readiness import ReadinessOptions, run_readiness
 
     options = ReadinessOptions(**{k: v for k, v in params.items() if k in ReadinessOptions.__dataclass_fields__})
 
@@ -264,7 +264,7 @@ def _run_readiness(config: FleetConfig, store: Store, principal: Any, recorder: 
 
 def _run_scaling(config: FleetConfig, store: Store, principal: Any, recorder: Recorder, params: dict[str, Any],
                  cancel: threading.Event, echo: Any) -> tuple[dict[str, Any], bool]:
-    from actions.scaling import ScalingOptions, run_scaling
+    from actions.proving.scaling import ScalingOptions, run_scaling
 
     options = ScalingOptions(**{k: v for k, v in params.items() if k in ScalingOptions.__dataclass_fields__})
     steps: list[dict[str, Any]] = []

@@ -28,7 +28,17 @@ from urllib.parse import urlsplit
 
 from actions.backends import LOCAL, backend_for
 from actions.backends.base import LIVE_STATES, Replica
-from actions.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN, WARN, Rule, Scorecard, parse_rule_selection, score
+from actions.proving.scorecard import (
+    FAIL,
+    PASS,
+    RULES_BY_ID,
+    UNKNOWN,
+    WARN,
+    Rule,
+    Scorecard,
+    parse_rule_selection,
+    score,
+)
 from core.config import FleetConfig, ServiceConfig
 from core.store import Fact, Store
 
@@ -499,7 +509,7 @@ def _observed_peak_rps(fleet: Fleet) -> float | None:
 
 def saturation_step(fleet: Fleet, replica: Replica) -> dict[str, Any]:
     """A short closed-loop load straight at one instance: its throughput is the saturation point."""
-    from actions.loadgen import LoadSpec, run_load
+    from actions.proving.loadgen import LoadSpec, run_load
 
     spec = LoadSpec(url=replica.base_url + fleet.options.load_path, method=fleet.options.load_method,
                     connections=fleet.options.load_connections, duration_s=fleet.options.load_seconds,
@@ -552,7 +562,7 @@ def check_zero_downtime_drain(fleet: Fleet) -> CheckOutcome:
     if lb_url is None or len(instances) < 2:
         return CheckOutcome(FAIL, f"cannot drain without a load balancer and ≥2 instances (N={len(instances)})",
                             {"instances": len(instances)}, fleet.service.name)
-    from actions.loadgen import LoadSpec, run_load
+    from actions.proving.loadgen import LoadSpec, run_load
 
     victim = instances[-1].instance_id
     # POST: nginx retries idempotent GETs on the next upstream and would hide drops (DESIGN.md §10)
@@ -603,7 +613,7 @@ def check_zero_downtime_drain(fleet: Fleet) -> CheckOutcome:
 
 
 def check_linear_scaling(fleet: Fleet) -> CheckOutcome:
-    from actions.scaling import latest_scaling_run
+    from actions.proving.scaling import latest_scaling_run
 
     run = latest_scaling_run(fleet.store, fleet.service.name)
     if run is None:

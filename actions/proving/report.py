@@ -20,7 +20,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from actions.scorecard import LEVELS, RunSummary, Scorecard
+from actions.proving.scorecard import LEVELS, RunSummary, Scorecard
 from core.store import Fact
 
 CHROMIUM = "/usr/bin/chromium"

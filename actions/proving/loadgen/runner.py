@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from actions.loadgen.client import TRANSPORT_ERRORS, LoadClient, RequestTemplate, Target, parse_target
-from actions.loadgen.histogram import Histogram
-from actions.loadgen.shapes import Constant, LoadShape
+from actions.proving.loadgen.client import TRANSPORT_ERRORS, LoadClient, RequestTemplate, Target, parse_target
+from actions.proving.loadgen.histogram import Histogram
+from actions.proving.loadgen.shapes import Constant, LoadShape
 
 MAX_DURATION_S = 3600.0
 MAX_REQUESTS = 50_000_000

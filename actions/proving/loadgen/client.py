@@ -30,9 +30,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from actions.loadgen.histogram import SUB as _SUB
-from actions.loadgen.histogram import Histogram, bucket_of
-from actions.loadgen.shapes import LoadShape
+from actions.proving.loadgen.histogram import SUB as _SUB
+from actions.proving.loadgen.histogram import Histogram, bucket_of
+from actions.proving.loadgen.shapes import LoadShape
 
 TRANSPORT_ERRORS = ("connect", "timeout", "closed_on_reuse", "closed", "reset", "protocol")
 USER_AGENT = "fleetdeck-loadgen/1"

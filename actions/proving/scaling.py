@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actions.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN
-from actions.usl import efficiency, fit_usl
+from actions.proving.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN
+from actions.proving.usl import efficiency, fit_usl
 from core.config import FleetConfig, ServiceConfig
 from core.store import Fact, Store
 
@@ -148,7 +148,7 @@ def run_scaling(
     run_id: str | None = None,
 ) -> ScalingReport:
     from actions.auth import require
-    from actions.loadgen import LoadSpec, run_load
+    from actions.proving.loadgen import LoadSpec, run_load
 
     require(principal, "start_test")
     require(principal, "scale")
