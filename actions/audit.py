@@ -29,7 +29,6 @@ NOOP = "noop"
 FAILED = "failed"
 REFUSED = "refused"
 STARTED = "started"
-DRY_RUN = "dry-run"
 
 
 class PrincipalLike(Protocol):

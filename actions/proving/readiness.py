@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from actions.backends import LOCAL, backend_for
 from actions.backends.base import LIVE_STATES, Replica
+from actions.operations import FleetActions
 from actions.proving.scorecard import (
     FAIL,
     PASS,
@@ -149,7 +150,7 @@ class Fleet:
         self.cancel = cancel
         name = options.service or (config.load_balancer.service if config.load_balancer else config.services[0].name)
         self.service: ServiceConfig = config.service(name)
-        self._actions: Any = None
+        self._actions: FleetActions | None = None
 
     # -- endpoints
 
@@ -171,13 +172,9 @@ class Fleet:
                         for r in self.store.replicas(self.service.name)]
         return sorted((r for r in replicas if r.state in LIVE_STATES), key=lambda r: r.instance_id)
 
-    def actions(self) -> Any:
-        """The FleetActions of the actions layer (scale, drain, restart); None when that module is missing."""
+    def actions(self) -> FleetActions:
+        """The FleetActions of the actions layer (scale, drain, restart), made on first use."""
         if self._actions is None:
-            try:
-                from actions.operations import FleetActions
-            except ImportError:
-                return None
             self._actions = FleetActions(self.config, self.store)
         return self._actions
 
@@ -413,16 +410,12 @@ def _queue_canary(fleet: Fleet, client: Any, queue: str) -> dict[str, Any]:
                     break
             time.sleep(0.1)
         victim = victim or instances[0].instance_id
-        actions = fleet.actions()
-        if actions is None:
-            result["restart"] = "actions layer unavailable: no instance was restarted"
-        else:
-            outcome = actions.restart(fleet.principal, victim)
-            result["restart"] = f"{victim}: {outcome.result} ({outcome.detail})"
-            if not outcome.ok:
-                result.update(verdict=None, reason=f"could not restart {victim}: {outcome.detail}")
-                return result
-            result["restarted"] = victim
+        outcome = fleet.actions().restart(fleet.principal, victim)
+        result["restart"] = f"{victim}: {outcome.result} ({outcome.detail})"
+        if not outcome.ok:
+            result.update(verdict=None, reason=f"could not restart {victim}: {outcome.detail}")
+            return result
+        result["restarted"] = victim
     deadline = time.monotonic() + fleet.options.canary_timeout_s
     states: dict[str, str] = {}
     while time.monotonic() < deadline and not fleet.cancel.is_set():
@@ -552,9 +545,6 @@ def check_n_plus_one_capacity(fleet: Fleet) -> CheckOutcome:
 
 def check_zero_downtime_drain(fleet: Fleet) -> CheckOutcome:
     actions = fleet.actions()
-    if actions is None or not hasattr(actions, "drain"):
-        return CheckOutcome(UNKNOWN, "drain action unavailable", {"reason": "drain action unavailable"},
-                            fleet.service.name)
     if not fleet.options.disruptive:
         return CheckOutcome(UNKNOWN, "skipped: disruptive checks are off", {}, fleet.service.name)
     lb_url = fleet.lb_url

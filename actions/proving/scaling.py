@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from actions.backends.base import LIVE_STATES
+from actions.operations import FleetActions
 from actions.proving.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN
 from actions.proving.usl import efficiency, fit_usl
 from core.config import FleetConfig, ServiceConfig
@@ -106,35 +108,6 @@ def linear_status(steps: list[dict[str, Any]]) -> tuple[str, str]:
     worst = min(measured, key=lambda s: s["efficiency"])
     status = PASS if worst["efficiency"] >= EFFICIENCY_MIN else FAIL
     return status, f"min E(n) = {worst['efficiency']:.2f} at n={worst['replicas']}"
-
-
-class _DirectScaler:
-    """Fallback when actions/operations.py is missing: LocalOrchestrator + ManagedNginx.apply, no drain wait."""
-
-    name = "fallback: LocalOrchestrator + ManagedNginx.apply (actions.operations unavailable)"
-
-    def __init__(self, config: FleetConfig, store: Store) -> None:
-        from actions.backends.local import LocalOrchestrator
-
-        self.config, self.store = config, store
-        self.orchestrator = LocalOrchestrator(config, store)
-
-    def scale(self, service: ServiceConfig, wanted: int) -> tuple[bool, str]:
-        from actions.backends.base import UP, UpstreamServer
-        from actions.backends.nginx import ManagedNginx
-
-        live = self.orchestrator.live(service)
-        while len(live) < wanted:
-            replica = self.orchestrator.start(service)
-            live.append(self.orchestrator.wait_healthy(service, replica))
-        victims = sorted(live, key=lambda r: r.started_at)[wanted:]
-        keep = [r for r in live if r not in victims]
-        if self.config.load_balancer:
-            ManagedNginx(self.config, self.store).apply(
-                [UpstreamServer(r.address, UP, r.instance_id) for r in keep]).raise_for_failure()
-        for victim in victims:
-            self.orchestrator.stop(service, victim.instance_id)
-        return True, f"{len(keep)} replica(s)"
 
 
 def run_scaling(
@@ -243,15 +216,7 @@ def run_scaling(
 
 def _scaler(config: FleetConfig, store: Store, principal: Any,
             service: ServiceConfig) -> tuple[Callable[[int], tuple[bool, str]], str, Callable[[], int]]:
-    """(scale_to(n) -> (ok, detail), its name, live replica count) through the actions layer if it exists."""
-    from actions.backends.base import LIVE_STATES
-
-    try:
-        from actions.operations import FleetActions
-    except ImportError:
-        direct = _DirectScaler(config, store)
-        return (lambda n: direct.scale(service, n), direct.name,
-                lambda: len(direct.orchestrator.live(service)))
+    """(scale_to(n) -> (ok, detail), its name, live replica count) through the actions layer's guarded scale."""
     actions = FleetActions(config, store)
 
     def scale_to(n: int) -> tuple[bool, str]:

@@ -54,9 +54,6 @@ class Histogram:
         self.total += 1
         self.sum_us += value_us
 
-    def record_s(self, seconds: float) -> None:
-        self.record_us(int(seconds * 1_000_000))
-
     def merge(self, other: Histogram) -> Histogram:
         """Adds `other` into this histogram (in place) and returns self."""
         if other.total == 0:
