@@ -12,11 +12,11 @@ Every action goes through the same frame (`FleetActions._run`):
 Results are never exceptions: every call returns an `OperationResult` whose `result` is ok | noop | failed |
 refused, so the CLI maps it to an exit code and the dashboard to a message without guessing.
 
-The drain follows DESIGN.md §8: preflight (min_healthy, lock, known target) → audit → render the server `down`
-→ `nginx -t` → reload → verify the new generation is live (all inside `ManagedNginx.apply`, which restores the
-previous files on any failure) → wait until no old nginx worker (which may still hold a request for the target)
-is left and the instance's own in-flight count is 0, bounded by drain_timeout_s → mark it `down`. On timeout the
-operator's choice applies: abort (put it back in rotation) or force (admin only).
+The drain follows docs/design-notes.md#orchestrators: preflight (min_healthy, lock, known target) → audit → render the
+server `down` → `nginx -t` → reload → verify the new generation is live (all inside `ManagedNginx.apply`, which restores
+the previous files on any failure) → wait until no old nginx worker (which may still hold a request for the target) is
+left and the instance's own in-flight count is 0, bounded by drain_timeout_s → mark it `down`. On timeout the operator's
+choice applies: abort (put it back in rotation) or force (admin only).
 
 `plan_*()` compute the dry-run preview (which replicas, the upstream before/after and its diff, the refusal if
 any) from the same preflight code the actions use, so the preview cannot drift from what the action will do.

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _common(load)
     load.set_defaults(handler=_handle_load)
 
-    ready = kinds.add_parser("readiness", help="measure the readiness rules (DESIGN.md §9) and store the facts")
+    ready = kinds.add_parser("readiness",
+                             help="measure the readiness rules (docs/design-notes.md#readiness) and store the facts")
     ready.add_argument("--rules", default="all",
                        help="rule ids and/or levels, comma separated: bronze, silver, gold, all (default all);"
                             " a level includes the lower ones")

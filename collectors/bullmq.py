@@ -7,7 +7,7 @@ per discovery and the replies parsed by a small RESP parser, because redis-py's 
 cost several times what Redis spends on these O(1) commands (bench/bench_collectors.py). Never
 ``getJobCounts`` (a Lua script per queue, ~5x the Redis CPU, and it RPOPs legacy markers) and never ``KEYS``:
 queues are discovered with ``SCAN MATCH <prefix>:*:meta`` (and ``*:id`` for legacy Bull) on a slow cadence,
-plus the configured queue names. See DESIGN.md §4 for the key layout.
+plus the configured queue names. See docs/design-notes.md#redis-and-bullmq for the key layout.
 """
 
 from __future__ import annotations

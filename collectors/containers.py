@@ -1,4 +1,4 @@
-"""Container CPU and memory of the services on the Docker backend, from the Docker stats API (DESIGN.md §8).
+"""Container CPU and memory of the Docker backend's services, from the stats API (docs/design-notes.md#orchestrators).
 
 One target per Docker-backed service (``docker:<service>``): one collect asks the daemon for every running
 replica's stats in parallel (``DockerOrchestrator.stats_samples``, ~1 s because the daemon waits for a second

@@ -4,10 +4,11 @@ Targets are the store's replica table for every configured service (``<service>/
 ``config.static_targets`` (``<service>/<name>``, service ``static`` by default). One
 :class:`collectors.http_client.HttpClient` keeps one HTTP/1.1 connection per target alive across cycles; its
 in-flight limit bounds a cycle's concurrency. Not aiohttp: its request machinery cost ~150 µs of CPU per poll, most
-of the collector's budget (DESIGN.md §10; bench/bench_collectors.py measures the cycle against a bare stream loop).
+of the collector's budget (docs/design-notes.md#load-generation; bench/bench_collectors.py measures the cycle
+against a bare stream loop).
 
-``normalise_health`` is pure and accepts every shape of DESIGN.md §2: IETF health+json, Spring Boot Actuator,
-NestJS Terminus, the typical Express JSON and a plain-text 200.
+``normalise_health`` is pure and accepts every shape of docs/design-notes.md#health: IETF health+json, Spring Boot
+Actuator, NestJS Terminus, the typical Express JSON and a plain-text 200.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """nginx: stub_status totals, and per upstream server from the JSON access log (or the NGINX Plus API).
 
-Open-source nginx has no per-upstream status API (DESIGN.md §3), so per-server traffic comes from the access log
-in the ``fleet`` JSON format (fields ``ua`` = $upstream_addr, ``us`` = $upstream_status, ``urt`` =
+Open-source nginx has no per-upstream status API (docs/design-notes.md#nginx), so per-server traffic comes from the
+access log in the ``fleet`` JSON format (fields ``ua`` = $upstream_addr, ``us`` = $upstream_status, ``urt`` =
 $upstream_response_time, ``s`` = $status). The log is tailed from the last offset each tick: a rotation
 (the path's inode changed) is handled by draining the old file descriptor to EOF first, and for one more tick
 because workers reopen asynchronously after ``nginx -s reopen``; a truncation restarts at 0; a partial last line

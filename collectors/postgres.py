@@ -1,4 +1,4 @@
-"""Postgres connection budget, sessions, long transactions, lock waiters and database counters (DESIGN.md §5).
+"""Postgres connection budget, sessions, long transactions, lock waiters, counters (docs/design-notes.md#postgres).
 
 One autocommit monitoring connection per database (inside a transaction ``pg_stat_activity`` is a frozen
 snapshot) with ``application_name=fleetdeck-monitor``, which every count excludes. All reads are the cheap views:

@@ -1,4 +1,7 @@
-"""Redis server health from one ``INFO`` call (DESIGN.md §4): memory, clients, eviction policy, throughput."""
+"""Redis server health from one ``INFO`` call: memory, clients, eviction policy, throughput.
+
+Which fields and why: docs/design-notes.md#redis-and-bullmq.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ adds/removes jobs. Rollups run every ``ROLLUP_EVERY_S`` (incremental, a few ms) 
 fresh rollups; retention runs every ``RETENTION_EVERY_S``.
 
 Exactly one scheduler per process: :func:`start_embedded` is idempotent and is what the dashboard and the
-``collect`` verb call. APScheduler job stores are in memory and never shared (DESIGN.md §6).
+``collect`` verb call. APScheduler job stores are in memory and never shared (docs/design-notes.md#store).
 """
 
 from __future__ import annotations

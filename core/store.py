@@ -5,8 +5,9 @@ collector processes share state. Every public method opens its own short transac
 from APScheduler worker threads and Streamlit script threads at the same time, and a second process may write to
 the same SQLite file (WAL + busy_timeout make it wait instead of failing).
 
-Layout (DESIGN.md §6): long format `series` + `sample(series_id, ts, value)`, per-minute and per-hour rollups
-(n/sum/min/max) filled incrementally by `rollup()`, `latest` and `target_status` kept up to date on every write.
+Layout (docs/design-notes.md#store): long format `series` + `sample(series_id, ts, value)`, per-minute and per-hour
+rollups (n/sum/min/max) filled incrementally by `rollup()`, `latest` and `target_status` kept up to date on every
+write.
 """
 
 from __future__ import annotations

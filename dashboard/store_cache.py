@@ -27,7 +27,8 @@ SERIES_TTL_S = 10.0
 # bucketed history: the window moves on a 5 s grid, so an entry is only reused within its slot
 HISTORY_TTL_S = 5.0
 # a chart answer is up to ~1 MB of points (20 series × 400 buckets): bound the cache, and drop expired entries on
-# every insert so an idle dashboard does not sit on old answers (DESIGN.md §7: long-lived sessions grow memory)
+# every insert so an idle dashboard does not sit on old answers (long-lived sessions grow memory:
+# docs/design-notes.md#streamlit)
 MAX_ENTRIES = 128
 _LONGEST_TTL_S = max(LIVE_TTL_S, SERIES_TTL_S, HISTORY_TTL_S)
 

@@ -12,7 +12,8 @@ Where a clone listens:
 - on a bridge network every replica keeps the image's port and the address is the container's IP on that network
   (only fleetdeck running in a container on the same network can reach it).
 
-Also here: container CPU and memory as samples (DESIGN.md §8) and reloading an nginx that runs in a container.
+Also here: container CPU and memory as samples (docs/design-notes.md#orchestrators) and reloading an nginx that
+runs in a container.
 """
 
 from __future__ import annotations

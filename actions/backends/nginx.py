@@ -29,7 +29,8 @@ from core.store import Store
 log = logging.getLogger(__name__)
 
 GENERATION_PATH = "/__fleetdeck/generation"
-# DESIGN.md §3: one JSON line per request; $upstream_addr lists every attempt, $pid tells worker generations.
+# One JSON line per request; $upstream_addr lists every attempt, $pid tells worker generations
+# (docs/design-notes.md#nginx).
 LOG_FORMAT = (
     "log_format fleet escape=json '{\"t\":$msec,\"rid\":\"$request_id\",\"pid\":$pid,\"ua\":\"$upstream_addr\","
     "\"us\":\"$upstream_status\",\"urt\":\"$upstream_response_time\",\"rt\":$request_time,\"s\":$status,"

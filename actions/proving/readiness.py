@@ -1,4 +1,4 @@
-"""The readiness suite: every rule of DESIGN.md §9 measured against the live fleet and stored as a Fact.
+"""The readiness suite: every rule (docs/design-notes.md#readiness) measured against the live fleet, stored as a Fact.
 
 Each check talks to the real system — the load balancer, every replica directly, Redis, Postgres — and returns a
 status (pass | warn | fail | unknown), the observed value in one line, and the evidence (per-instance answers,
@@ -555,7 +555,8 @@ def check_zero_downtime_drain(fleet: Fleet) -> CheckOutcome:
     from actions.proving.loadgen import LoadSpec, run_load
 
     victim = instances[-1].instance_id
-    # POST: nginx retries idempotent GETs on the next upstream and would hide drops (DESIGN.md §10)
+    # POST: nginx retries idempotent GETs on the next upstream and would hide drops
+    # (docs/design-notes.md#load-generation)
     spec = LoadSpec(url=lb_url + "/work/echo?ms=20", method="POST", body=b'{"readiness":"drain"}',
                     headers=(("Content-Type", "application/json"),), connections=8, duration_s=120.0,
                     rate=fleet.options.drain_rate, max_requests=20_000, timeout_s=10.0)

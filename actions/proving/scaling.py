@@ -3,7 +3,7 @@
 Each step scales the service through the actions layer (role-checked, locked, audited, zero-drop), lets the new
 upstream settle, then runs the identical closed-loop load through the load balancer. Throughput counts successful
 responses only. A step where the load generator itself ran near a full core measures the generator, not the
-fleet (DESIGN.md §10): it is kept and shown, but left out of E(n)'s verdict and of the USL fit.
+fleet (docs/design-notes.md#load-generation): it is kept and shown, but left out of E(n)'s verdict and of the USL fit.
 
 Whatever happens — success, failure, cancel, an exception — the original replica count is restored in `finally`.
 Results live in the store: the run document under `scaling:run:<run_id>` (steps, fit, restore outcome), the

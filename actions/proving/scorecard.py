@@ -1,4 +1,4 @@
-"""The readiness scorecard: the rule catalogue (DESIGN.md §9), levels, points and trends — pure functions of facts.
+"""The readiness scorecard: rules (docs/design-notes.md#readiness), levels, points, trends — pure functions of facts.
 
 A level is reached only when every rule of that level *and of every lower level* passes (OpsLevel); points give
 a percentage (Cortex): a pass earns a rule's points, a warn half of them, fail and unknown nothing. Every rule

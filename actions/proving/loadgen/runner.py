@@ -1,9 +1,10 @@
 """Runs a bounded load against a loopback target and returns one merged, JSON-able LoadResult.
 
-Like locust, the pieces are kept apart: shapes say *how much* (pure functions), the client says *how* (one event
-loop's connections and counters), and this runner says *where and for how long*: it checks the target, splits the
-work over N worker processes (each with its own uvloop, since one Python core tops out near 0.66× wrk — DESIGN.md
-§10), forwards progress every ~0.5 s, and merges the workers' counters and histograms at the end.
+Like locust, the pieces are kept apart: shapes say *how much* (pure functions), the client says *how* (one event loop's
+connections and counters), and this runner says *where and for how long*: it checks the target, splits the work over N
+worker processes (each with its own uvloop, since one Python core tops out near 0.66× wrk —
+docs/design-notes.md#load-generation), forwards progress every ~0.5 s, and merges the workers' counters and histograms
+at the end.
 
 Safety rules enforced here, not left to callers:
 - only loopback targets (127.0.0.0/8, ::1; names must resolve to loopback only and are pinned to that address),
@@ -201,7 +202,7 @@ class LoadResult:
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-    except ImportError:  # plain asyncio works, at ~0.5x the throughput (DESIGN.md §10)
+    except ImportError:  # plain asyncio works, at ~0.5x the throughput (docs/design-notes.md#load-generation)
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
@@ -590,7 +591,8 @@ def _result(
         cpu_s=round(cpu_s, 4),
         cpu_per_request_us=round(cpu_s / requests * 1e6, 2) if requests else 0.0,
         cpu_utilization=round(utilization, 3),
-        # a generator near a full core per worker measures its own queueing, not the server (DESIGN.md §10)
+        # a generator near a full core per worker measures its own queueing, not the server
+        # (docs/design-notes.md#load-generation)
         saturated=utilization >= 0.9,
         bytes_received=merged["bytes_received"],
         target_rate=None if shape is None else round(shape.scheduled(shape.duration_s) / shape.duration_s, 3),
