@@ -30,6 +30,8 @@ PERMISSIONS: dict[str, Role] = {
     "stop_test": "operator",
     "force": "admin",  # skip a failed preflight (min healthy, capacity, lock)
     "change_limits": "admin",  # min/max replicas, min_healthy, rate limits
+    "queue_act": "operator",  # retry, remove, promote, pause, resume, clean, drain (actions/queue_ops.py)
+    "queue_obliterate": "admin",  # destroy a whole queue
 }
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters

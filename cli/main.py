@@ -19,6 +19,7 @@ VERB_MODULES = (
     "cli.collect_verbs",  # collect
     "cli.action_verbs",  # scale, drain, undrain, restart, hash-password
     "cli.test_verbs",  # test load|readiness|scaling
+    "cli.queue_verbs",  # queue ls|jobs|job|reasons|retry|remove|promote|pause|resume|clean|drain|obliterate
 )
 
 Handler = Callable[[argparse.Namespace], int]
