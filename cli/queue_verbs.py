@@ -145,7 +145,8 @@ def _job(args: argparse.Namespace) -> int:
         value = view.fields.get(name)
         if value is None or value.size < 0:
             continue
-        note = f" (truncated: {value.size:,} bytes, first {len(value.text.encode()):,} shown)" if value.truncated else ""
+        shown = len(value.text.encode())
+        note = f" (truncated: {value.size:,} bytes, first {shown:,} shown)" if value.truncated else ""
         print(f"{title}{note}:")
         print("  " + safe(view.pretty(name), keep_newlines=True).replace("\n", "\n  "))
     if view.text("failedReason"):
