@@ -27,7 +27,7 @@ from actions.auth import PermissionDenied, require
 from actions.base import new_op_id
 from actions.operations import OperationResult, Plan, format_busy
 from collectors import bullmq_jobs
-from collectors.bullmq_scripts import QueueClient, QueueRef, UnknownQueue, now_ms, parse_ref
+from collectors.bullmq_scripts import Batcher, QueueClient, QueueRef, UnknownQueue, now_ms, parse_ref
 from core.config import FleetConfig
 from core.store import Store
 
@@ -225,23 +225,32 @@ def _retry_all(ctx: Context) -> Outcome:
             ctx.progress(f"retried {retried} of {len(ids)}", "batch", retried=retried, total=len(ids))
         return Outcome(f"retried {retried} failed job(s) with reason {reason[:80]!r}"
                        f" ({len(ids) - retried} had left the failed state)", retried, noop=retried == 0)
-    total = client.timed("zcard", "ZCARD", ref.key("failed"))
-    timestamp = ctx.started_ms  # jobs failing again after this moment are not picked up again
-    keys = [ref.base, *_keys(ref, "events", "failed", "wait", "paused", "meta", "active", "marker")]
-    calls = 0
-    budget = _batches_for(total, ctx.batch) + 2
-    while calls < budget:
-        more = client.script("moveJobsToWait", keys, [ctx.batch, timestamp, "failed"])
+    # jobs failing again after the start are not picked up again: moveJobsToWait takes finishedOn ≤ timestamp
+    moved, calls = _move_to_wait(ctx, "failed", ctx.started_ms, "retried")
+    return Outcome(f"retried {moved} failed job(s) in {calls} call(s) of at most {ctx.batch}", moved,
+                   noop=moved == 0)
+
+
+def _move_to_wait(ctx: Context, state: str, timestamp: float, verb: str) -> tuple[int, int]:
+    """BullMQ's moveJobsToWait (what retryJobs/promoteJobs loop over), batch by batch: (jobs moved, calls)."""
+    ref, client = ctx.ref, ctx.client
+    total = int(client.timed("zcard", "ZCARD", ref.key(state)))
+    keys = [ref.base, *_keys(ref, "events", state, "wait", "paused", "meta", "active", "marker")]
+    batcher = Batcher(ctx.batch)
+    left, calls = total, 0
+    while calls <= total + 1:  # every call that reports more moved at least one job
+        size = batcher.size
+        began = time.perf_counter()
+        more, now_left = client.script_then("moveJobsToWait", keys, [size, timestamp, state],
+                                            ("ZCARD", ref.key(state)))
         calls += 1
-        left = client.timed("zcard", "ZCARD", ref.key("failed"))
-        ctx.progress(f"retried {max(0, total - left)} of {total} ({calls} call(s))", "batch",
-                     retried=max(0, total - left), total=total)
+        batcher.observe(max(0, left - int(now_left)), (time.perf_counter() - began) * 1000)
+        left = int(now_left)
+        ctx.progress(f"{verb} {max(0, total - left)} of {total} ({calls} call(s), {size} per call)", "batch",
+                     done=max(0, total - left), total=total)
         if not more:
             break
-    left = client.timed("zcard", "ZCARD", ref.key("failed"))
-    moved = max(0, total - left)
-    return Outcome(f"retried {moved} failed job(s) in {calls} batch(es) of at most {ctx.batch}", moved,
-                   noop=moved == 0)
+    return max(0, total - left), calls
 
 
 # ------------------------------------------------------------------------------------------------ remove
@@ -296,19 +305,8 @@ def _plan_promote_all(ctx: Context) -> Preview:
 
 
 def _promote_all(ctx: Context) -> Outcome:
-    ref, client = ctx.ref, ctx.client
-    total = client.timed("zcard", "ZCARD", ref.key("delayed"))
-    keys = [ref.base, *_keys(ref, "events", "delayed", "wait", "paused", "meta", "active", "marker")]
-    calls = 0
-    while calls < _batches_for(total, ctx.batch) + 2:
-        more = client.script("moveJobsToWait", keys, [ctx.batch, _INF_SCORE, "delayed"])
-        calls += 1
-        left = client.timed("zcard", "ZCARD", ref.key("delayed"))
-        ctx.progress(f"promoted {max(0, total - left)} of {total}", "batch")
-        if not more:
-            break
-    moved = max(0, total - client.timed("zcard", "ZCARD", ref.key("delayed")))
-    return Outcome(f"promoted {moved} delayed job(s) in {calls} batch(es)", moved, noop=moved == 0)
+    moved, calls = _move_to_wait(ctx, "delayed", _INF_SCORE, "promoted")
+    return Outcome(f"promoted {moved} delayed job(s) in {calls} call(s)", moved, noop=moved == 0)
 
 
 # ------------------------------------------------------------------------------------------------ pause / resume
@@ -373,19 +371,22 @@ def _plan_clean(ctx: Context) -> Preview:
 def _clean(ctx: Context) -> Outcome:
     state, _older, limit, cutoff = _clean_params(ctx)
     ref, client = ctx.ref, ctx.client
-    deleted = 0
-    calls = 0
+    batcher = Batcher(ctx.batch)
+    deleted = calls = 0
     while deleted < limit:
-        size = min(ctx.batch, limit - deleted)
+        size = min(batcher.size, limit - deleted)
+        began = time.perf_counter()
         # cleanJobsInSet's ARGV[2] is the cutoff (bullmq computes it as now - grace): fixed at the start
         ids = client.script("cleanJobsInSet", [ref.key(state), ref.key("events"), ref.key("repeat")],
                             [ref.base, cutoff, size, state])
+        batcher.observe(len(ids), (time.perf_counter() - began) * 1000)
         calls += 1
         deleted += len(ids)
-        ctx.progress(f"deleted {deleted} {state} job(s)", "batch", deleted=deleted)
+        ctx.progress(f"deleted {deleted} {state} job(s) ({calls} call(s), {size} per call)", "batch",
+                     deleted=deleted)
         if len(ids) < size:
             break
-    return Outcome(f"deleted {deleted} {state} job(s) in {calls} batch(es)", deleted, noop=deleted == 0)
+    return Outcome(f"deleted {deleted} {state} job(s) in {calls} call(s)", deleted, noop=deleted == 0)
 
 
 # ------------------------------------------------------------------------------------------------ drain
@@ -404,27 +405,34 @@ def _plan_drain(ctx: Context) -> Preview:
     return Preview(
         f"delete the {jobs} waiting{', delayed' if ctx.params.get('delayed') else ''} and prioritized job(s)"
         " (active, completed and failed jobs and job-scheduler runs stay)", jobs,
-        [f"cleanJobsInSet on {', '.join(_drain_sets(ctx))}, at most {ctx.batch} per call"],
+        [f"BullMQ's drain removal on {', '.join(_drain_sets(ctx))}, at most {ctx.batch} per call"],
         destructive=True, noop=jobs == 0, confirm=ctx.ref.queue)
 
 
 def _drain(ctx: Context) -> Outcome:
-    # BullMQ's drain script empties the lists in ONE call (it froze Redis on big queues); the same removal,
-    # cleanJobsInSet per state, in batches: jobs added after the drain started (timestamp newer) are left.
+    # BullMQ's drain script empties the lists in ONE call (minutes on a big queue); drainBatch is its removal
+    # code with a bounded main (collectors/bullmq_scripts.py), called until the state is empty.
     ref, client = ctx.ref, ctx.client
-    deleted = 0
-    calls = 0
-    cutoff = ctx.started_ms
+    batcher = Batcher(ctx.batch)
+    deleted = calls = 0
     for suffix in _drain_sets(ctx):
-        while True:
-            ids = client.script("cleanJobsInSet", [ref.key(suffix), ref.key("events"), ref.key("repeat")],
-                                [ref.base, cutoff, ctx.batch, suffix])
+        kind = "list" if suffix in ("wait", "paused") else "zset"
+        budget = int(client.timed("size", "LLEN" if kind == "list" else "ZCARD", ref.key(suffix)))
+        removed_here = 0
+        while removed_here < budget:  # jobs added while draining are not chased for ever
+            size = batcher.size
+            began = time.perf_counter()
+            taken, removed = client.script("drainBatch", [ref.key(suffix), ref.key("repeat")],
+                                           [ref.base, size, kind])
+            batcher.observe(int(taken), (time.perf_counter() - began) * 1000)
             calls += 1
-            deleted += len(ids)
-            ctx.progress(f"deleted {deleted} job(s) ({suffix})", "batch", deleted=deleted)
-            if len(ids) < ctx.batch:
+            removed_here += int(removed)
+            ctx.progress(f"deleted {deleted + removed_here} job(s) ({suffix}, {size} per call)", "batch",
+                         deleted=deleted + removed_here)
+            if int(taken) < size or not int(removed):
                 break
-    return Outcome(f"drained {deleted} job(s) in {calls} batch(es)", deleted, noop=deleted == 0)
+        deleted += removed_here
+    return Outcome(f"drained {deleted} job(s) in {calls} call(s)", deleted, noop=deleted == 0)
 
 
 # ------------------------------------------------------------------------------------------------ obliterate
@@ -446,8 +454,12 @@ def _obliterate(ctx: Context) -> Outcome:
     _pause(ctx)  # BullMQ obliterates paused queues only (its own obliterate() pauses first)
     calls = 0
     force = "force" if ctx.params.get("force") else ""
+    batcher = Batcher(ctx.batch)
     while True:
-        result = client.script("obliterate", [ref.key("meta"), ref.base], [ctx.batch, force])
+        size = batcher.size
+        began = time.perf_counter()
+        result = client.script("obliterate", [ref.key("meta"), ref.base], [size, force])
+        batcher.observe(size, (time.perf_counter() - began) * 1000)
         calls += 1
         if result == -2:
             raise QueueRefusal("jobs are active: nothing more was removed (use force)")

@@ -7,8 +7,9 @@ from someone else's code:
   ``getJobs(asc=false)`` orders them) and the page's job fields through one small read-only Lua script that
   returns each string cut to a size bound (Redis has no substring for hash fields, so without a script a
   multi-megabyte ``failedReason`` would cross the wire whole);
-- a search by job name or id walks the state in chunks of ``SCAN_CHUNK`` ids per Redis call and stops after
-  ``scan_budget`` jobs, saying how many it looked at;
+- a search by job name or id walks the state in chunks (at most ``SCAN_CHUNK`` ids, sized so each Redis call
+  stays near 4 ms: collectors/bullmq_scripts.py ``Batcher``) and stops after ``scan_budget`` jobs, saying how
+  many it looked at;
 - the job view returns every field cut to ``max_bytes`` with its full size (the UI notes the truncation), the
   last log lines and a bounded sample of the job's children.
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from collectors.bullmq_scripts import LIST_STATES, STATES, ZSET_STATES, QueueClient, QueueRef
+from collectors.bullmq_scripts import LIST_STATES, STATES, ZSET_STATES, Batcher, QueueClient, QueueRef
 from core.config import FleetConfig
 
-SCAN_CHUNK = 1000  # ids per Redis call when searching or grouping failure reasons
+SCAN_CHUNK = 1000  # at most this many ids per Redis call when searching or grouping failure reasons
 FIELD_BYTES = 200  # per string field in a job list row
 VIEW_BYTES = 64 * 1024  # per field in the job view
 LOG_LINES = 50
@@ -327,10 +329,13 @@ def job_page(client: QueueClient, state: str, offset: int = 0, limit: int = 25, 
     scanned = 0
     start = 0
     wanted = offset + limit + 1  # one more than the page: tells whether there is a next page
+    batcher = Batcher(SCAN_CHUNK)
     while start < total and scanned < scan_budget and len(matches) < wanted:
-        stop = start + min(SCAN_CHUNK, scan_budget - scanned) - 1
+        stop = start + min(batcher.size, scan_budget - scanned) - 1
+        began = time.perf_counter()
         seen, found = client.lua("chunk", CHUNK_LUA, [key],
                                  [client.ref.base, kind, start, stop, "search", needle, FIELD_BYTES])
+        batcher.observe(int(seen), (time.perf_counter() - began) * 1000)
         if not seen:
             break
         scanned += int(seen)
@@ -474,17 +479,12 @@ def failure_reasons(client: QueueClient, sample: int = 10_000, top: int = 20) ->
     grouped: Counter[str] = Counter()
     newest: dict[str, str] = {}
     scanned = 0
-    for start in range(0, min(total, sample), SCAN_CHUNK):
-        stop = min(start + SCAN_CHUNK, sample) - 1
-        seen, pairs = client.lua("chunk", CHUNK_LUA, [key],
-                                 [client.ref.base, "zset", start, stop, "reasons", "", FIELD_BYTES])
-        scanned += int(seen)
+    for _start, seen, pairs in _reason_chunks(client, key, min(total, sample)):
+        scanned += seen
         for index in range(0, len(pairs), 2):
             reason = _text(pairs[index + 1])
             grouped[reason] += 1
             newest.setdefault(reason, _text(pairs[index]))
-        if not seen:
-            break
     reasons = [FailureReason(reason, count, newest[reason]) for reason, count in grouped.most_common(top)]
     return FailureReasons(reasons, scanned, total)
 
@@ -499,15 +499,26 @@ def failed_ids_with_reason(client: QueueClient, reason: str) -> tuple[list[str],
     wanted = reason[:FIELD_BYTES]
     ids: list[str] = []
     scanned = 0
-    for start in range(0, total, SCAN_CHUNK):
-        seen, pairs = client.lua("chunk", CHUNK_LUA, [key],
-                                 [client.ref.base, "zset", start, start + SCAN_CHUNK - 1, "reasons", "",
-                                  FIELD_BYTES])
-        scanned += int(seen)
+    for _start, seen, pairs in _reason_chunks(client, key, total):
+        scanned += seen
         ids.extend(_text(pairs[i]) for i in range(0, len(pairs), 2) if _text(pairs[i + 1]) == wanted)
-        if not seen:
-            break
     return ids, scanned
+
+
+def _reason_chunks(client: QueueClient, key: str, count: int) -> Iterator[tuple[int, int, list[Any]]]:
+    """(start, jobs seen, [id, first line, ...]) over the newest ``count`` failed jobs, chunk by chunk."""
+    batcher = Batcher(SCAN_CHUNK)
+    start = 0
+    while start < count:
+        stop = min(start + batcher.size, count) - 1
+        began = time.perf_counter()
+        seen, pairs = client.lua("chunk", CHUNK_LUA, [key],
+                                 [client.ref.base, "zset", start, stop, "reasons", "", FIELD_BYTES])
+        batcher.observe(int(seen), (time.perf_counter() - began) * 1000)
+        if not seen:
+            return
+        yield start, int(seen), pairs
+        start = stop + 1
 
 
 # ------------------------------------------------------------------------------------------------ throughput

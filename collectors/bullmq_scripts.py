@@ -100,9 +100,70 @@ def parse_ref(config: FleetConfig, text: str) -> QueueRef:
     return QueueRef(redis_cfg.name, redis_cfg.url, prefix, rest)
 
 
+# BullMQ's drain script empties wait, paused, prioritized (and delayed) in ONE call: on a big queue that blocks
+# Redis for as long as it takes. drainBatch is drain-5.lua's own functions (removeJob & co., verbatim from the
+# installed package) with a bounded main: at most ARGV[2] jobs of one list or zset per call, job-scheduler runs
+# kept, exactly as drain keeps them. KEYS[1] the list/zset, KEYS[2] the job schedulers zset ('repeat');
+# ARGV[1] the queue key prefix, ARGV[2] the batch size, ARGV[3] "list" | "zset". Returns {taken, removed}.
+_DRAIN_MAIN_MARKER = b"-- We must not remove delayed jobs if they are associated to a job scheduler."
+_DRAIN_BATCH_MAIN = b"""
+-- fleetdeck: bounded main (docs/queues.md)
+local max = tonumber(ARGV[2])
+local scheduledJobs = {}
+local jobSchedulers = rcall("ZRANGE", KEYS[2], 0, -1, "WITHSCORES")
+for i = 1, #jobSchedulers, 2 do
+  scheduledJobs["repeat:" .. jobSchedulers[i] .. ":" .. jobSchedulers[i + 1]] = true
+end
+local items
+if ARGV[3] == "list" then
+  items = rcall("LRANGE", KEYS[1], -max, -1)
+else
+  items = rcall("ZRANGE", KEYS[1], 0, max - 1)
+end
+local jobs, kept = {}, {}
+for _, id in ipairs(items) do
+  if scheduledJobs[id] then kept[#kept + 1] = id else jobs[#jobs + 1] = id end
+end
+removeJobs(jobs, true, queueBaseKey, max)
+if ARGV[3] == "list" then
+  rcall("LTRIM", KEYS[1], 0, -(#items) - 1)
+  for _, id in ipairs(kept) do rcall("RPUSH", KEYS[1], id) end
+elseif #jobs > 0 then
+  for from, to in batches(#jobs, 7000) do rcall("ZREM", KEYS[1], unpack(jobs, from, to)) end
+end
+return {#items, #jobs}
+"""
+
+
+def _drain_batch_source() -> bytes:
+    source = (SCRIPTS_DIR / "drain-5.lua").read_bytes()
+    head, marker, _main = source.partition(_DRAIN_MAIN_MARKER)
+    if not marker:  # a bullmq upgrade changed drain-5.lua: refuse rather than guess
+        raise RuntimeError("bullmq's drain-5.lua changed: the batched drain must be re-derived from it")
+    return head + _DRAIN_BATCH_MAIN
+
+
 def _load_script(name: str) -> tuple[bytes, str]:
-    source = (SCRIPTS_DIR / SCRIPT_FILES[name]).read_bytes()
+    source = _drain_batch_source() if name == "drainBatch" else (SCRIPTS_DIR / SCRIPT_FILES[name]).read_bytes()
     return source, hashlib.sha1(source).hexdigest()
+
+
+class Batcher:
+    """Batch sizes that keep every Redis call near ``target_ms``: scripts cost very different amounts per job
+    (moving a job is a few µs, deleting one with its keys tens of µs), and a busy machine costs more."""
+
+    def __init__(self, max_size: int, target_ms: float = 4.0, start: int = 100) -> None:
+        self.max_size = max(1, max_size)
+        self.target_ms = target_ms
+        self.size = max(1, min(start, self.max_size))
+
+    def observe(self, jobs: int, elapsed_ms: float) -> None:
+        if jobs <= 0:
+            return
+        per_job = max(elapsed_ms, 0.05) / jobs
+        wanted = int(self.target_ms / per_job)
+        # grow at most 4x per step (one cheap call must not license a huge one), shrink at once
+        self.size = max(1, min(self.max_size, wanted, self.size * 4))
 
 
 @dataclass
@@ -195,6 +256,20 @@ class QueueClient:
         except redis.exceptions.NoScriptError:
             self._shas.pop(name, None)
             return self.timed(name, "EVALSHA", self.sha(name), len(keys), *keys, *args)
+
+    def script_then(self, name: str, keys: list[str], args: list[Any], *then: tuple[Any, ...]) -> list[Any]:
+        """A BullMQ script and a few O(1) reads after it (e.g. the ZCARD that counts its progress), one round
+        trip; the replies in order, the script's error raised."""
+        for attempt in (1, 2):
+            replies = self.pipeline(name, [("EVALSHA", self.sha(name), len(keys), *keys, *args), *then])
+            if isinstance(replies[0], redis.exceptions.NoScriptError) and attempt == 1:
+                self._shas.pop(name, None)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")
 
     def lua(self, what: str, source: bytes, keys: list[str], args: list[Any]) -> Any:
         """Run one of fleetdeck's own read-only scripts (bounded reads; see collectors/bullmq_jobs.py)."""
