@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
 
-.PHONY: demo test stop venv lint bench status
+.PHONY: demo test stop venv lint bench status node-helper
 
 venv: $(VENV)/.requirements-installed
 
@@ -28,11 +28,19 @@ status:
 
 test: venv
 	scripts/ensure-system-packages.sh test
+	$(MAKE) node-helper
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
+
+# Node BullMQ for the queue tests (tests/test_queue_node.py), exactly as pinned in tests/node/package-lock.json
+node-helper: tests/node/node_modules/.installed
+
+tests/node/node_modules/.installed: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $@
 
 lint: venv
 	$(PYTHON) -m ruff check .
 
-bench: venv
+bench: venv node-helper
 	for bench in bench/bench_*.py; do echo "== $$bench"; PYTHONPATH=. $(PYTHON) $$bench || exit 1; done

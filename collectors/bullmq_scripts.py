@@ -12,12 +12,12 @@ Every call goes through :class:`QueueClient`, which measures it: the actions rep
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import bullmq
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -25,7 +25,8 @@ from redis.retry import Retry
 from core.config import FleetConfig, RedisConfig
 
 CLIENT_NAME = "fleetdeck-queues"
-SCRIPTS_DIR = Path(bullmq.__file__).resolve().parent / "commands"
+# found without importing bullmq (its import pulls in its whole asyncio stack; the CLI only needs the files)
+SCRIPTS_DIR = Path(importlib.util.find_spec("bullmq").origin or "bullmq").resolve().parent / "commands"  # type: ignore[union-attr]
 # name -> file in bullmq/commands (the number is the script's KEYS count)
 SCRIPT_FILES = {
     "moveJobsToWait": "moveJobsToWait-8.lua",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a fleetdeck target needs when they are missing.
 #   scripts/ensure-system-packages.sh demo   -> nginx
-#   scripts/ensure-system-packages.sh test   -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap
+#   scripts/ensure-system-packages.sh test   -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap,
+#                                               nodejs + npm (Node BullMQ in the queue tests)
 # As root on Debian/Ubuntu it runs apt-get; elsewhere it names what is missing and exits non-zero.
 set -euo pipefail
 purpose="${1:-demo}"
@@ -15,10 +16,12 @@ declare -A proof=(
   [docker-compose]=/usr/bin/docker-compose
   [debootstrap]=/usr/sbin/debootstrap
   [poppler-utils]=/usr/bin/pdftotext
+  [nodejs]=/usr/bin/node
+  [npm]=/usr/bin/npm
 )
 case "$purpose" in
   demo) wanted=(nginx-light) ;;
-  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils) ;;
+  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils nodejs npm) ;;
   *) echo "usage: $0 demo|test" >&2; exit 2 ;;
 esac
 

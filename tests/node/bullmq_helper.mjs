@@ -1,5 +1,5 @@
 // Node BullMQ in the loop for tests/test_queue_node.py: one JSON request in argv[2], one JSON answer on stdout.
-// Ops: seed (add jobs and let a Node worker fail or complete them), process (a Node worker runs until the given
+// Ops: seed (add jobs and let a Node worker fail or complete them), add (no worker), process (a Node worker runs until the given
 // job ids completed), isPaused, counts. Every op is bounded by `timeout_ms` and closes its connections.
 import { Queue, Worker } from "bullmq";
 
@@ -49,6 +49,11 @@ async function main() {
       const states = {};
       for (const id of request.ids) states[id] = await queue.getJobState(id);
       return { completed: [...done], states, counts: await queue.getJobCounts() };
+    }
+    if (request.op === "add") {
+      const added = [];
+      for (const job of request.jobs) added.push((await queue.add(job.name, job.data, job.opts ?? {})).id);
+      return { ids: added, counts: await queue.getJobCounts() };
     }
     if (request.op === "isPaused") return { paused: await queue.isPaused() };
     if (request.op === "counts") return { counts: await queue.getJobCounts() };
