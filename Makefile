@@ -42,5 +42,5 @@ tests/node/node_modules/.installed: tests/node/package-lock.json
 lint: venv
 	$(PYTHON) -m ruff check .
 
-bench: venv node-helper
+bench: venv
 	for bench in bench/bench_*.py; do echo "== $$bench"; PYTHONPATH=. $(PYTHON) $$bench || exit 1; done

@@ -8,7 +8,7 @@ from someone else's code:
   returns each string cut to a size bound (Redis has no substring for hash fields, so without a script a
   multi-megabyte ``failedReason`` would cross the wire whole);
 - a search by job name or id walks the state in chunks (at most ``SCAN_CHUNK`` ids, sized so each Redis call
-  stays near 4 ms: collectors/bullmq_scripts.py ``Batcher``) and stops after ``scan_budget`` jobs, saying how
+  stays near 3 ms: collectors/bullmq_scripts.py ``Batcher``) and stops after ``scan_budget`` jobs, saying how
   many it looked at;
 - the job view returns every field cut to ``max_bytes`` with its full size (the UI notes the truncation), the
   last log lines and a bounded sample of the job's children.

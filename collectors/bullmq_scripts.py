@@ -153,7 +153,7 @@ class Batcher:
     """Batch sizes that keep every Redis call near ``target_ms``: scripts cost very different amounts per job
     (moving a job is a few µs, deleting one with its keys tens of µs), and a busy machine costs more."""
 
-    def __init__(self, max_size: int, target_ms: float = 4.0, start: int = 100) -> None:
+    def __init__(self, max_size: int, target_ms: float = 3.0, start: int = 100) -> None:
         self.max_size = max(1, max_size)
         self.target_ms = target_ms
         self.size = max(1, min(start, self.max_size))

@@ -161,9 +161,9 @@ def test_queues_page(open_page: Callable[[Path, str], AppTest], normal_config: P
     assert counts[("main/bull:reports", "failed")] == 1
     assert all(len(t) > 10 for t in frame["trend"])  # sparkline history, not just the last value
     badges = texts(app.markdown)
-    assert "`main/bull:reports` :red-badge[no workers]" in badges
-    assert "`main/bull:emails` :green-badge[2 workers]" in badges
-    assert "main/bull:reports" in texts(app.error) and "no worker" in texts(app.error)
+    assert "main/bull\\:reports :red-badge[no workers]" in badges  # the queue name Markdown-escaped
+    assert "main/bull\\:emails :green-badge[2 workers]" in badges
+    assert "main/bull\\:reports" in texts(app.error) and "no worker" in texts(app.error)
     app.selectbox(key="fd_queue").set_value("main/bull:reports").run()
     assert not app.exception
 

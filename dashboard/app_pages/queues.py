@@ -1,10 +1,14 @@
-"""Queues: every BullMQ queue × state with its trend, workers per queue, one queue in detail."""
+"""Queues: every BullMQ queue × state with its trend, workers per queue, one queue in detail, and the job
+browser with the queue actions (dashboard/queue_panel.py).
+
+Queue names come from Redis: in Markdown they are escaped (dashboard/queue_views.py md_escape)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import queries, ranges, ui
+from dashboard import auth_gate, queries, queue_panel, ranges, ui
+from dashboard.queue_views import md_escape
 
 config = ui.fleet_config()
 store = ui.store()
@@ -29,12 +33,13 @@ def queues_panel() -> None:
         else:
             badge = f":green-badge[{queue.workers} worker{'s' if queue.workers != 1 else ''}]"
         paused = " :gray-badge[paused]" if queue.paused else ""
-        badges.append(f"`{queue.queue}` {badge}{paused}")
+        badges.append(f"{md_escape(queue.queue)} {badge}{paused}")
     st.markdown("  ".join(badges))
     for queue in workers:
         if queue.starving:
             age = ranges.format_duration(queue.oldest_waiting_age_s)
-            st.error(f"**{queue.queue}**: {queue.waiting} jobs waiting (oldest {age}) and no worker is consuming.",
+            st.error(f"**{md_escape(queue.queue)}**: {queue.waiting} jobs waiting (oldest {age}) and no worker is"
+                     " consuming.",
                      icon=":material/report:")
     frame = queries.queues_table(store, data.window)
     ui.table(frame, "queue states", "queues", column_config={
@@ -59,3 +64,6 @@ if queue_names:
     queue_detail(selected)
 else:
     st.caption("Queues appear here once the bullmq collector has found them.")
+
+st.subheader("Browse and act")
+queue_panel.render(config, store, auth_gate.current_principal() or auth_gate.ANONYMOUS)
