@@ -202,8 +202,13 @@ store: {{url: "sqlite:///{work / 'fleetdeck.db'}"}}
         results.append(("  longest single Redis call (client clock)", f"{result.after['max_call_ms']:.2f} ms"
                         f" ({result.after['max_call']}, {result.after['calls']} calls)", "≤ 10 ms",
                         "(not measurable per call inside bullmq)"))
-        results.append((f"  SLOWLOG entries over {threshold / 1000:g} ms (Redis clock)", str(len(ours_slow)), "0",
-                        str(len(base_slow))))
+        results.append(("  Redis call p50 / p99 (client clock)",
+                        f"{result.after['p50_call_ms']:.2f} / {result.after['p99_call_ms']:.2f} ms", "—", "—"))
+        results.append((f"  SLOWLOG entries over {threshold / 1000:g} ms (Redis clock)",
+                        f"{len(ours_slow)} {sorted(d // 1000 for d in ours_slow)[-3:]} ms", "0",
+                        f"{len(base_slow)} {sorted(d // 1000 for d in base_slow)[-3:]} ms"))
+        load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+        results.append(("machine load average (1/5/15 min)", " ".join(load), "—", "—"))
     finally:
         wipe(raw, prefix)
         raw.close()

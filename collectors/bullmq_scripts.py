@@ -175,15 +175,25 @@ class CallStats:
     max_ms: float = 0.0
     max_what: str = ""
     total_ms: float = 0.0
+    durations: list[float] = field(default_factory=list)  # the first 100,000 calls, for percentiles
 
     def add(self, what: str, elapsed_ms: float) -> None:
         self.calls += 1
         self.total_ms += elapsed_ms
+        if len(self.durations) < 100_000:
+            self.durations.append(elapsed_ms)
         if elapsed_ms > self.max_ms:
             self.max_ms, self.max_what = elapsed_ms, what
 
+    def percentile(self, fraction: float) -> float:
+        if not self.durations:
+            return 0.0
+        ordered = sorted(self.durations)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
     def as_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "max_call_ms": round(self.max_ms, 3), "max_call": self.max_what}
+        return {"calls": self.calls, "max_call_ms": round(self.max_ms, 3), "max_call": self.max_what,
+                "p50_call_ms": round(self.percentile(0.5), 3), "p99_call_ms": round(self.percentile(0.99), 3)}
 
 
 @dataclass
