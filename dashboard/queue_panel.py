@@ -179,6 +179,7 @@ def _job_view(principal: Principal, ref: QueueRef, client: QueueClient, job_id: 
     ), strict=True):
         if view.state in states and column.button(label, key=f"fd-q-{action}", disabled=not may):
             st.session_state[PENDING_KEY] = {"action": action, "queue": ref.name, "params": {"job_id": view.id}}
+            st.rerun()  # the preview sits with the queue actions, drawn above this view
     for title, field in (("Data", "data"), ("Options", "opts"), ("Return value", "returnvalue")):
         value = view.fields.get(field)
         if value is None or value.size < 0:

@@ -75,14 +75,23 @@ def test_browse_escapes_outside_strings_and_retry_all_runs(monkeypatch: pytest.M
     reasons = next(d.value for d in app.dataframe if "reason" in d.value.columns)
     assert list(reasons["reason"]) == [REASON] and list(reasons["jobs"]) == [2]
     assert any(REASON in str(code.value) for code in app.code)
-    # act: retry all failed → preview → run; progress and result come from the store
-    app.button(key="fd-q-retry-all").click().run()
-    assert any("retry all 2 failed job" in text for text in _markdown_texts(app))
+    store = Store(load_config(str(path)).store_url)
+    # act on the job shown: retry it → preview → run; progress and result come from the store
+    app.button(key="fd-q-queue_retry").click().run()
+    assert any(f"move failed job {ids[0]}" in text for text in _markdown_texts(app))
     app.button(key="fd-q-run").click().run()
-    op_id = app.session_state[queue_panel.LAST_OP_KEY]
-    status = queue_panel.wait_for(Store(load_config(str(path)).store_url), op_id)
+    status = queue_panel.wait_for(store, app.session_state[queue_panel.LAST_OP_KEY])
+    assert status["state"] == "ok" and status["after"]["counts"]["failed"] == 1, status
+    # then all the failed ones left
+    app.button(key="fd-q-retry-all").click().run()
+    assert any("retry all 1 failed job" in text for text in _markdown_texts(app))
+    app.button(key="fd-q-run").click().run()
+    status = queue_panel.wait_for(store, app.session_state[queue_panel.LAST_OP_KEY])
     assert status["state"] == "ok" and status["after"]["counts"]["failed"] == 0, status
     assert status["after"]["counts"]["waiting"] == 2
+    app.run()  # the live panel reads the finished op back from the store
+    assert any("ok" in text and "retried 1 failed job" in text for text in _markdown_texts(app))
+    store.close()
 
 
 def test_viewer_sees_disabled_actions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str,
@@ -96,3 +105,11 @@ def test_viewer_sees_disabled_actions(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert not app.exception
     for key in ("fd-q-retry-all", "fd-q-drain", "fd-q-clean", "fd-q-obliterate"):
         assert app.button(key=key).disabled
+
+
+def test_md_escape_makes_outside_text_inert() -> None:
+    escaped = md_escape("# head\n**b** :red[x] $y$ `c` <i> [l](u)\x1b")
+    assert "\n" not in escaped and "\x1b" not in escaped
+    for special in "#*:[]$`<>()":
+        assert all(escaped[i - 1] == "\\" for i, ch in enumerate(escaped) if ch == special)
+    assert md_escape("x" * 1000).endswith("…") and len(md_escape("x" * 1000)) == 301
