@@ -532,25 +532,34 @@ class MinutePoint(NamedTuple):
 
 def metrics_minutes(client: QueueClient, minutes: int = 60) -> list[MinutePoint] | None:
     """Per-minute completed/failed counts from BullMQ's metrics keys (kept when workers run with
-    ``metrics.maxDataPoints``), oldest first; None when no worker records them."""
+    ``metrics.maxDataPoints``), oldest first; None when no worker records them.
+
+    How workers keep them: ``count`` grows with every finished job; when a job finishes in a later minute than
+    ``prevTS``, the jobs since ``prevCount`` are pushed at the head of the ``:data`` list as the minute(s) before,
+    and ``prevTS``/``prevCount`` move on. So the current minute is ``count - prevCount`` and the list's head is
+    the minute before ``prevTS``'s.
+    """
     ref = client.ref
-    replies = client.pipeline("metrics", [
-        ("HGET", ref.key("metrics:completed"), "prevTS"), ("LRANGE", ref.key("metrics:completed:data"), 0, minutes - 1),
-        ("HGET", ref.key("metrics:failed"), "prevTS"), ("LRANGE", ref.key("metrics:failed:data"), 0, minutes - 1),
-    ])  # fmt: skip
+    commands: list[tuple[Any, ...]] = []
+    for kind in ("completed", "failed"):
+        commands.append(("HMGET", ref.key(f"metrics:{kind}"), "count", "prevCount", "prevTS"))
+        commands.append(("LRANGE", ref.key(f"metrics:{kind}:data"), 0, minutes - 2))
+    replies = client.pipeline("metrics", commands)
     if any(isinstance(r, Exception) for r in replies):
         return None
-    completed_ts, completed, failed_ts, failed = replies
-    if completed_ts is None and failed_ts is None:
+    by_minute: dict[float, list[int]] = {}
+    seen = False
+    for column, (head, data) in enumerate(((replies[0], replies[1]), (replies[2], replies[3]))):
+        count, prev_count, prev_ts = (_int(v) for v in head)
+        if prev_ts is None:
+            continue
+        seen = True
+        anchor = (prev_ts // 60_000) * 60.0
+        by_minute.setdefault(anchor, [0, 0])[column] += max(0, (count or 0) - (prev_count or 0))
+        for index, value in enumerate(data):
+            by_minute.setdefault(anchor - 60.0 * (index + 1), [0, 0])[column] += _int(value) or 0
+    if not seen:
         return None
-    anchor = max(_int(completed_ts) or 0, _int(failed_ts) or 0) / 1000.0
-    anchor -= anchor % 60
-    length = max(len(completed), len(failed))
-    points = []
-    for index in range(length):  # index 0 is the newest minute
-        points.append(MinutePoint(
-            anchor - 60 * index,
-            _int(completed[index]) or 0 if index < len(completed) else 0,
-            _int(failed[index]) or 0 if index < len(failed) else 0,
-        ))
-    return list(reversed(points))
+    newest = max(by_minute)
+    return [MinutePoint(ts, *by_minute.get(ts, [0, 0]))
+            for ts in (newest - 60.0 * i for i in range(minutes - 1, -1, -1)) if ts >= min(by_minute)]

@@ -47,6 +47,9 @@ from dashboard.queue_views import failure_ratio, jobs_frame, md_escape, minutes_
 PENDING_KEY = "fd_queue_pending"  # {"action", "queue", "params"} being previewed in this session
 LAST_OP_KEY = "fd_queue_last_op"  # op id of the latest queue action started from this session
 PAGE_SIZE = 25
+JOB_ID_KEY = "fd_queue_job_id"
+PICKED_KEY = "fd_queue_picked"
+RELATION_BUTTONS = 10
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -153,12 +156,13 @@ def _jobs(config: FleetConfig, store: Store, principal: Principal, ref: QueueRef
         st.caption(f"Searched the newest {page.scanned:,} jobs; narrow the search to look further.")
     selection = st.dataframe(jobs_frame(page), hide_index=True, key="fd_queue_jobs", on_select="rerun",
                              selection_mode="single-row")
-    picked = ""
     rows = getattr(getattr(selection, "selection", None), "rows", None) or []
     if rows and rows[0] < len(page.rows):
         picked = page.rows[rows[0]].id
-    typed = st.text_input("Job id", value=picked, key="fd_queue_job_id", max_chars=512,
-                          help="Select a row above, or type a job id.")
+        if picked != st.session_state.get(PICKED_KEY):  # a new row selected: it fills the job id box
+            st.session_state[PICKED_KEY] = picked
+            st.session_state[JOB_ID_KEY] = picked
+    typed = st.text_input("Job id", key=JOB_ID_KEY, max_chars=512, help="Select a row above, or type a job id.")
     if typed.strip():
         _job_view(principal, ref, client, typed.strip())
 
@@ -207,6 +211,12 @@ def _job_view(principal: Principal, ref: QueueRef, client: QueueClient, job_id: 
         st.markdown("**Parent and children**")
         st.dataframe([{"relation": kind, "job key": key} for kind, key in relations], hide_index=True,
                      key="fd_queue_relations")
+        here = [(kind, key[len(ref.base):]) for kind, key in relations if key.startswith(ref.base)]
+        columns = st.columns(min(len(here), 5) or 1)
+        for index, (kind, other) in enumerate(here[:RELATION_BUTTONS]):
+            columns[index % len(columns)].button(
+                f"Open {kind} {md_escape(other, 40)}", key=f"fd-q-open-{index}",
+                on_click=st.session_state.__setitem__, args=(JOB_ID_KEY, other))
 
 
 def _actions_bar(config: FleetConfig, store: Store, principal: Principal, ref: QueueRef,

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bullmq import Queue, Worker
+from bullmq import FlowProducer, Queue, Worker
 from streamlit.testing.v1 import AppTest
 
 from core.config import load_config
@@ -113,3 +113,25 @@ def test_md_escape_makes_outside_text_inert() -> None:
     for special in "#*:[]$`<>()":
         assert all(escaped[i - 1] == "\\" for i, ch in enumerate(escaped) if ch == special)
     assert md_escape("x" * 1000).endswith("…") and len(md_escape("x" * 1000)) == 301
+
+
+def test_job_view_opens_a_child_of_the_flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str,
+                                            redis_prefix: str) -> None:
+    async def seed() -> str:
+        flow = FlowProducer({"connection": redis_url, "prefix": redis_prefix})
+        node = await flow.add({"name": "parent", "queueName": "flows",
+                               "children": [{"name": "child-one", "queueName": "flows"}]})
+        await flow.close()
+        return node["job"].id if isinstance(node, dict) else node.job.id
+
+    parent_id = asyncio.run(seed())
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(write_queue_config(tmp_path, redis_url, redis_prefix)))
+    app = AppTest.from_file(str(APP), default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/queues.py").run()
+    app.selectbox(key="fd_browse_queue").set_value(f"main/{redis_prefix}:flows").run()
+    app.text_input(key="fd_queue_job_id").set_value(parent_id).run()
+    assert any("parent" in text and "waiting\\-children" in text for text in _markdown_texts(app))
+    app.button(key="fd-q-open-0").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("child\\-one" in text for text in _markdown_texts(app))

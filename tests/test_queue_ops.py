@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from bullmq import FlowProducer, Job, Queue
+from bullmq import FlowProducer, Job, Queue, Worker
 
 from actions import audit
 from actions.queue_ops import (
@@ -237,3 +237,35 @@ def test_cli_queue_verbs_roles_confirm_and_json(tmp_path: Path, setup: tuple[Fle
     assert run_cli(path, "queue", "obliterate", "cli", "--yes").returncode == 3  # operator: admin only
     drained = run_cli(path, "queue", "drain", "cli", "--yes")
     assert drained.returncode == 0 and "drained 3 job(s)" in drained.stdout
+
+
+def test_throughput_from_bullmq_metrics_keys(setup: tuple[FleetConfig, Store, Path], redis_url: str,
+                                             redis_prefix: str) -> None:
+    config, _store, _path = setup
+
+    async def work() -> None:
+        conn = {"connection": redis_url, "prefix": redis_prefix}
+        queue = _queue(redis_url, redis_prefix, "metered")
+
+        async def process(job, token):  # type: ignore[no-untyped-def]
+            if job.name == "bad":
+                raise RuntimeError("bad job")
+            return "ok"
+
+        worker = Worker("metered", process, {**conn, "metrics": {"maxDataPoints": 60}})
+        for name in ("good", "good", "bad"):
+            await queue.add(name, {}, {"attempts": 1})
+        for _ in range(300):
+            counts = await queue.getJobCounts("completed", "failed")
+            if counts["completed"] + counts["failed"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        await worker.close()
+        await queue.close()
+
+    with QueueClient(parse_ref(config, "metered")) as client:
+        assert bullmq_jobs.metrics_minutes(client) is None  # no worker recorded metrics yet
+        asyncio.run(work())
+        points = bullmq_jobs.metrics_minutes(client)
+    assert points is not None
+    assert sum(p.completed for p in points) == 2 and sum(p.failed for p in points) == 1
