@@ -574,6 +574,11 @@ class QueueActions:
                 preview = operation.plan(ctx)  # the same preflight as the dry run, on the counts audited as before
             except QueueRefusal as error:
                 return self._refuse(op, str(error), before)
+            except Exception as error:  # Redis unreachable or a wrong-type key: nothing was changed
+                message = f"cannot read the queue: {type(error).__name__}: {error}"
+                op.finish(audit.FAILED, message, before, {}, message)
+                return OperationResult(False, message, before=before, op_id=op_id, result=audit.FAILED,
+                                       action=action, target=ref.name, error=message)
             op.begin(before)
             op.progress(preview.summary, "plan", jobs=preview.jobs)
             started = time.perf_counter()

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from cli.action_verbs import EXIT_OK, EXIT_REFUSED, _confirmed, _dry_run, _exit_code, _say
+from cli.action_verbs import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, _confirmed, _dry_run, _exit_code, _say
 from core.config import load_config
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -55,6 +55,21 @@ def _client(args: argparse.Namespace) -> Any:
         print(f"fleetdeck: refused: {error}", file=sys.stderr)
         return None
     return QueueClient(ref)
+
+
+def _reading(handler: Any) -> Any:
+    """A read verb: an unreachable Redis (or a key of the wrong type) is a failure message and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        import redis
+
+        try:
+            return int(handler(args))
+        except (redis.exceptions.RedisError, OSError) as error:
+            print(f"fleetdeck: failed: {safe(f'{type(error).__name__}: {error}')}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return run
 
 
 def _print_json(value: Any) -> None:
@@ -267,7 +282,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             parser.set_defaults(yes=True)
         return parser
 
-    reader("ls", "every queue with its counts per state", with_queue=False).set_defaults(handler=_ls)
+    reader("ls", "every queue with its counts per state", with_queue=False).set_defaults(handler=_reading(_ls))
 
     jobs = reader("jobs", "one page of a state's jobs, newest first")
     jobs.add_argument("state", choices=["waiting", "active", "delayed", "prioritized", "waiting-children",
@@ -275,16 +290,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     jobs.add_argument("--offset", type=int, default=0)
     jobs.add_argument("--limit", type=int, default=25)
     jobs.add_argument("--search", default="", help="job name or id contains this (case-insensitive)")
-    jobs.set_defaults(handler=_jobs)
+    jobs.set_defaults(handler=_reading(_jobs))
 
     job = reader("job", "one job: data, opts, return value, failure, stack trace, logs, parent/children")
     job.add_argument("job_id")
     job.add_argument("--max-bytes", type=int, default=64 * 1024, help="cut each field to this size")
-    job.set_defaults(handler=_job)
+    job.set_defaults(handler=_reading(_job))
 
     reasons = reader("reasons", "failed jobs grouped by the first line of their failure reason")
     reasons.add_argument("--sample", type=int, default=10_000, help="how many of the newest failed jobs to read")
-    reasons.set_defaults(handler=_reasons)
+    reasons.set_defaults(handler=_reading(_reasons))
 
     retry = actor("retry", "retry one failed job, or --all of them (optionally only --reason TEXT)", confirm=False)
     retry.add_argument("job_id", nargs="?")

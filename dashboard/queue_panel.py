@@ -293,7 +293,9 @@ def _live(store: Store) -> None:
     if not op_id:
         return
 
-    @st.fragment(run_every=1.0)
+    running = (audit.operation_status(store, op_id) or {}).get("state") in (None, "running")
+
+    @st.fragment(run_every=1.0 if running else None)  # redraw while it runs; a finished op stays as it is
     def panel() -> None:
         status = audit.operation_status(store, op_id) or {}
         state = str(status.get("state", "running"))

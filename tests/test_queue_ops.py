@@ -269,3 +269,19 @@ def test_throughput_from_bullmq_metrics_keys(setup: tuple[FleetConfig, Store, Pa
         points = bullmq_jobs.metrics_minutes(client)
     assert points is not None
     assert sum(p.completed for p in points) == 2 and sum(p.failed for p in points) == 1
+
+
+def test_unreachable_redis_is_a_failure_not_a_crash(tmp_path: Path, redis_prefix: str) -> None:
+    from tests.support import free_port
+
+    config = load_config(str(write_queue_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", redis_prefix)))
+    store = Store(config.store_url)
+    try:
+        actions = QueueActions(config, store, timeout_s=1.0)
+        assert not actions.plan(PAUSE, "q", OPERATOR).allowed
+        result = actions.run(OPERATOR, PAUSE, "q")
+        assert result.result == audit.FAILED and "cannot read the queue" in str(result.error)
+        assert [e.result for e in store.audit(op_id=result.op_id)] == [audit.FAILED]
+        assert store.locks() == []  # the queue lock is released
+    finally:
+        store.close()
