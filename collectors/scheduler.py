@@ -32,6 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from actions.backends import DOCKER
 from collectors.alerts import AlertEvaluator
 from collectors.bullmq import BullMQCollector
+from collectors.exporter import MetricsServer, SampleExporter
 from collectors.instances import InstanceCollector
 from collectors.nginx import NginxCollector
 from collectors.postgres import PostgresCollector
@@ -122,6 +123,8 @@ class CollectorScheduler:
         self.runner = Runner(self.timeout_s)
         self.alerts = AlertEvaluator()
         self.pending: queue.SimpleQueue[list[Sample]] = queue.SimpleQueue()
+        self.exporter = SampleExporter(config.prometheus.max_age_s)
+        self.metrics_server: MetricsServer | None = None
         self.loop_thread: LoopThread | None = None
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_threads)},
@@ -135,6 +138,7 @@ class CollectorScheduler:
     # -- life cycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._start_metrics_server()
         self.loop_thread = LoopThread()
         self.refresh_targets()
         self.scheduler.add_job(self.refresh_targets, "interval", seconds=REFRESH_TARGETS_S, id="fleetdeck:refresh")
@@ -160,6 +164,21 @@ class CollectorScheduler:
             self.loop_thread.stop()
             self.loop_thread = None
         self.flush()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
+
+    def _start_metrics_server(self) -> None:
+        """/metrics for Prometheus (docs/prometheus.md); a busy port is logged and collection goes on without it."""
+        if not self.config.prometheus.enabled or self.metrics_server is not None:
+            return
+        server = MetricsServer(self.exporter, self.config.prometheus.listen)
+        try:
+            server.start()
+        except OSError as error:
+            log.error("cannot serve /metrics on %s: %s", self.config.prometheus.listen, error)
+            return
+        self.metrics_server = server
 
     @property
     def running(self) -> bool:
@@ -234,11 +253,15 @@ class CollectorScheduler:
         if not batch:
             return 0
         batch.extend(self.alerts.evaluate(batch))
+        self.exporter.update(batch)
+        started = time.perf_counter()
         try:
             written = int(self.store.write_samples(batch))
         except Exception as error:  # a store hiccup loses one batch, not the collector
             log.error("writing %d samples: %s", len(batch), error)
+            self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=False)
             return 0
+        self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=True)
         self.written += written
         return written
 

@@ -193,6 +193,16 @@ class DashboardConfig(_Strict):
     embedded_collector: bool = True  # run the scheduler inside the dashboard process
 
 
+class PrometheusConfig(_Strict):
+    """The collector process's /metrics endpoint (docs/prometheus.md)."""
+
+    enabled: bool = False
+    # loopback by default: the samples name every instance and queue; expose them wider only on purpose
+    listen: Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")] = "127.0.0.1:9464"
+    # a series not refreshed for this long leaves the scrape (e.g. a replica that was scaled away)
+    max_age_s: Annotated[float, Field(gt=0)] = 300.0
+
+
 class FleetConfig(_Strict):
     state_dir: str = "run"  # pid files, logs, nginx prefix; relative to the config file
     services: Annotated[list[ServiceConfig], Field(min_length=1)]
@@ -204,6 +214,7 @@ class FleetConfig(_Strict):
     static_targets: list[StaticTarget] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
     # set by load_config: the directory relative paths are resolved against
     base_dir: str = ""
 
