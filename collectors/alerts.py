@@ -4,6 +4,11 @@ Target ``<rule>/<subject>``, metric ``firing`` (1 firing, 0 resolved), text = th
 only for the subjects the batch touched, so each collector tick re-evaluates exactly its own subjects. The
 evaluator keeps the latest value per (source, target, metric) in memory; history-based rules (backlog growing)
 keep a short window per queue, one entry per bullmq tick.
+
+Thresholds, severities and `for:` durations come from `alerts.rules` in fleet.yaml (core/config_alerts.py,
+docs/alerts.md); the defaults are the rules as they always were. With `for: 2m` a condition must hold on every
+evaluation for two minutes before `firing` turns 1 (until then the alert is pending and `firing` stays 0, like
+Prometheus); one evaluation without the condition resets the clock. A disabled rule writes no samples.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from collectors.base import MetricRegistry, MetricSpec
+from core.config_alerts import AlertRules
 from core.samples import Sample
 
 SOURCE = "alert"
@@ -22,21 +27,15 @@ REGISTRY = MetricRegistry(
 )
 
 
-class AlertThresholds(NamedTuple):
-    backlog_ticks: int = 5  # waiting grew on this many consecutive ticks
-    failure_ratio: float = 0.10  # failed / (completed + failed) per second
-    min_jobs_per_s: float = 0.05  # below this the ratio is noise
-    headroom_ratio: float = 0.20
-
-
 class AlertEvaluator:
-    def __init__(self, thresholds: AlertThresholds | None = None) -> None:
-        self.thresholds = thresholds or AlertThresholds()
+    def __init__(self, rules: AlertRules | None = None) -> None:
+        self.rules = rules or AlertRules()
         self.latest: dict[tuple[str, str, str], Sample] = {}
         self._waiting_history: dict[str, deque[float]] = defaultdict(
-            lambda: deque(maxlen=self.thresholds.backlog_ticks + 1)
+            lambda: deque(maxlen=self.rules.backlog_growing.ticks + 1)
         )
         self._evicted_previous: dict[str, float] = {}
+        self._true_since: dict[tuple[str, str], float] = {}  # (rule, subject) -> first ts of the current streak
 
     def _value(self, source: str, target: str, metric: str) -> float | None:
         found = self.latest.get((source, target, metric))
@@ -60,13 +59,28 @@ class AlertEvaluator:
                 out.extend(self._rules(source, target, batch_ts))
         return out
 
-    def _fire(self, rule: str, subject: str, firing: bool, message: str, ts: float) -> Sample:
+    def _fire(self, rule: str, subject: str, condition: bool, message: str, ts: float) -> Sample | None:
+        """The `firing` sample of one rule for one subject, honouring `enabled` and `for:`; None when disabled."""
+        config = self.rules.rule(rule)
+        key = (rule, subject)
+        if not config.enabled:
+            self._true_since.pop(key, None)
+            return None
+        if condition:
+            since = self._true_since.setdefault(key, ts)
+            firing = ts - since >= config.for_s
+        else:
+            self._true_since.pop(key, None)
+            firing = False
         return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=message if firing else "")
 
     def _rules(self, source: str, target: str, ts: float) -> list[Sample]:
-        t = self.thresholds
+        return [s for s in self._conditions(source, target, ts) if s is not None]
+
+    def _conditions(self, source: str, target: str, ts: float) -> list[Sample | None]:
+        r = self.rules
         value = self._value
-        out: list[Sample] = []
+        out: list[Sample | None] = []
         up = self.latest.get((source, target, "up"))
         if up is not None:
             rule = "instance_down" if source == "instance" else "target_down"
@@ -87,13 +101,14 @@ class AlertEvaluator:
                     )
                 )
             history = list(self._waiting_history.get(target, ()))
-            growing = len(history) == t.backlog_ticks + 1 and all(b > a for a, b in itertools.pairwise(history))
+            ticks = r.backlog_growing.ticks
+            growing = len(history) == ticks + 1 and all(b > a for a, b in itertools.pairwise(history))
             out.append(
                 self._fire(
                     "backlog_growing",
                     target,
                     growing,
-                    f"{target}: waiting grew {t.backlog_ticks} ticks in a row ({history[0]:.0f} -> {history[-1]:.0f})"
+                    f"{target}: waiting grew {ticks} ticks in a row ({history[0]:.0f} -> {history[-1]:.0f})"
                     if growing
                     else "",
                     ts,
@@ -103,12 +118,12 @@ class AlertEvaluator:
             failed = value(source, target, "failed_per_s")
             if completed is not None and failed is not None:
                 total = completed + failed
-                ratio = failed / total if total >= t.min_jobs_per_s else 0.0
+                ratio = failed / total if total >= r.failure_ratio.min_jobs_per_s else 0.0
                 out.append(
                     self._fire(
                         "failure_ratio",
                         target,
-                        ratio > t.failure_ratio,
+                        ratio > r.failure_ratio.threshold,
                         f"{target}: {ratio:.0%} of jobs fail ({failed:.2f}/s)",
                         ts,
                     )
@@ -143,7 +158,7 @@ class AlertEvaluator:
                     self._fire(
                         "db_headroom",
                         target,
-                        ratio < t.headroom_ratio,
+                        ratio < r.db_headroom.threshold,
                         f"{target}: only {headroom:.0f} connections left ({ratio:.0%} of the budget)",
                         ts,
                     )
@@ -152,7 +167,11 @@ class AlertEvaluator:
             if waiters is not None:
                 out.append(
                     self._fire(
-                        "lock_waiters", target, waiters > 0, f"{target}: {waiters:.0f} sessions wait on a lock", ts
+                        "lock_waiters",
+                        target,
+                        waiters > r.lock_waiters.threshold,
+                        f"{target}: {waiters:.0f} sessions wait on a lock",
+                        ts,
                     )
                 )
         return out

@@ -121,7 +121,7 @@ class CollectorScheduler:
         # retention first runs with the first rollup, then hourly
         self.last_retention = float("-inf")
         self.runner = Runner(self.timeout_s)
-        self.alerts = AlertEvaluator()
+        self.alerts = AlertEvaluator(config.alerts.rules)
         self.pending: queue.SimpleQueue[list[Sample]] = queue.SimpleQueue()
         self.exporter = SampleExporter(config.prometheus.max_age_s)
         self.metrics_server: MetricsServer | None = None
@@ -319,4 +319,4 @@ def collect_once(config: FleetConfig, store: Any = None, collectors: Sequence[An
     """Every collector once, every target concurrently; the samples, alerts included (nothing written)."""
     chosen = list(collectors) if collectors is not None else build_collectors(config, store)
     samples = asyncio.run(_collect_all(chosen, Runner(config.collectors.timeout_s)))
-    return samples + AlertEvaluator().evaluate(samples)
+    return samples + AlertEvaluator(config.alerts.rules).evaluate(samples)

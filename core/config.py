@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.config_alerts import AlertsConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "fleet.yaml"
 ENV_CONFIG = "FLEETDECK_CONFIG"
@@ -215,6 +217,7 @@ class FleetConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     dashboard: DashboardConfig = DashboardConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    alerts: AlertsConfig = AlertsConfig()  # rules, receivers, routes: core/config_alerts.py, docs/alerts.md
     # set by load_config: the directory relative paths are resolved against
     base_dir: str = ""
 
