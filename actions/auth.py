@@ -28,6 +28,7 @@ PERMISSIONS: dict[str, Role] = {
     "rolling_restart": "operator",
     "start_test": "operator",  # load, readiness and scaling tests send traffic to the fleet
     "stop_test": "operator",
+    "silence": "operator",  # mute alert notifications for a while (create or expire a silence)
     "force": "admin",  # skip a failed preflight (min healthy, capacity, lock)
     "change_limits": "admin",  # min/max replicas, min_healthy, rate limits
     "queue_act": "operator",  # retry, remove, promote, pause, resume, clean, drain (actions/queue_ops.py)

@@ -20,6 +20,7 @@ VERB_MODULES = (
     "cli.action_verbs",  # scale, drain, undrain, restart, hash-password
     "cli.test_verbs",  # test load|readiness|scaling
     "cli.queue_verbs",  # queue ls|jobs|job|reasons|retry|remove|promote|pause|resume|clean|drain|obliterate
+    "cli.alert_verbs",  # silence add|list|expire, notifications
 )
 
 Handler = Callable[[argparse.Namespace], int]

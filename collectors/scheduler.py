@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL_S = 1.0
 REFRESH_TARGETS_S = 10.0
 FLUSH_EVERY_S = 1.0
+NOTIFY_EVERY_S = 1.0  # how often due notifications are decided and sent (docs/alerts.md)
 ROLLUP_EVERY_S = 60.0
 RETENTION_EVERY_S = 3600.0
 ROLLUP_FIRST_AFTER_S = 60.0
@@ -125,6 +126,7 @@ class CollectorScheduler:
         self.pending: queue.SimpleQueue[list[Sample]] = queue.SimpleQueue()
         self.exporter = SampleExporter(config.prometheus.max_age_s)
         self.metrics_server: MetricsServer | None = None
+        self.notifier: Any = None  # core.notify.engine.Notifier, when alerts.routes are configured
         self.loop_thread: LoopThread | None = None
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_threads)},
@@ -143,6 +145,11 @@ class CollectorScheduler:
         self.refresh_targets()
         self.scheduler.add_job(self.refresh_targets, "interval", seconds=REFRESH_TARGETS_S, id="fleetdeck:refresh")
         self.scheduler.add_job(self.flush, "interval", seconds=FLUSH_EVERY_S, id="fleetdeck:flush")
+        if self.config.alerts.routes:
+            from core.notify.engine import Notifier
+
+            self.notifier = Notifier(self.config, self.store)
+            self.scheduler.add_job(self.notify, "interval", seconds=NOTIFY_EVERY_S, id="fleetdeck:notify")
         self.scheduler.add_job(
             self.rollup,
             "interval",
@@ -263,7 +270,19 @@ class CollectorScheduler:
             return 0
         self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=True)
         self.written += written
+        if self.notifier is not None:
+            try:
+                self.notifier.observe(batch)
+            except Exception as error:  # the store refused: the next evaluation of the rule reports it again
+                log.error("recording alert transitions: %s", error)
         return written
+
+    def notify(self) -> None:
+        """Decide and send due notifications; never raises into APScheduler."""
+        try:
+            self.notifier.tick()
+        except Exception as error:
+            log.error("notifications: %s", error)
 
     def rollup(self) -> None:
         started = time.monotonic()

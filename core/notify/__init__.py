@@ -1,0 +1,1 @@
+"""Alert notifications: routing, grouping, silences, durable delivery (docs/alerts.md)."""
