@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.config_alerts import AlertsConfig
+from core.config_autoscale import AutoscalePolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "fleet.yaml"
@@ -218,6 +219,7 @@ class FleetConfig(_Strict):
     dashboard: DashboardConfig = DashboardConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     alerts: AlertsConfig = AlertsConfig()  # rules, receivers, routes: core/config_alerts.py, docs/alerts.md
+    autoscale: dict[str, AutoscalePolicy] = Field(default_factory=dict)  # per service: docs/autoscaling.md
     # set by load_config: the directory relative paths are resolved against
     base_dir: str = ""
 
@@ -231,6 +233,9 @@ class FleetConfig(_Strict):
             raise ValueError(
                 f"load_balancer.service '{self.load_balancer.service}' is not one of the services: {', '.join(names)}"
             )
+        unknown = sorted(set(self.autoscale) - set(names))
+        if unknown:
+            raise ValueError(f"autoscale: {', '.join(unknown)} not one of the services: {', '.join(names)}")
         return self
 
     def service(self, name: str) -> ServiceConfig:
