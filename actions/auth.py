@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from core.config import ROLE_RANK, AuthConfig, Role
 
-Via = Literal["cli", "dashboard", "oidc"]
+Via = Literal["cli", "dashboard", "oidc", "autoscaler"]  # autoscaler: the policy loop (actions/autoscale.py)
 
 # The minimum role each action needs. Anything that changes the fleet needs an operator; what can take the fleet
 # outside its safety bounds (force past preflight checks, change the bounds themselves) needs an admin.

@@ -21,6 +21,7 @@ VERB_MODULES = (
     "cli.test_verbs",  # test load|readiness|scaling
     "cli.queue_verbs",  # queue ls|jobs|job|reasons|retry|remove|promote|pause|resume|clean|drain|obliterate
     "cli.alert_verbs",  # silence add|list|expire, notifications
+    "cli.autoscale_verbs",  # autoscale status|decisions|simulate
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -47,6 +47,8 @@ MIN_INTERVAL_S = 1.0
 REFRESH_TARGETS_S = 10.0
 FLUSH_EVERY_S = 1.0
 NOTIFY_EVERY_S = 1.0  # how often due notifications are decided and sent (docs/alerts.md)
+AUTOSCALE_TICK_S = 1.0  # how often the autoscaler looks for a service whose interval has come
+AUTOSCALE_STOP_WAIT_S = 90.0
 ROLLUP_EVERY_S = 60.0
 RETENTION_EVERY_S = 3600.0
 ROLLUP_FIRST_AFTER_S = 60.0
@@ -127,6 +129,9 @@ class CollectorScheduler:
         self.exporter = SampleExporter(config.prometheus.max_age_s)
         self.metrics_server: MetricsServer | None = None
         self.notifier: Any = None  # core.notify.engine.Notifier, when alerts.routes are configured
+        self.autoscaler: Any = None  # actions.autoscale.Autoscaler, when a policy is not `off`
+        self._autoscale_stop = threading.Event()
+        self._autoscale_thread: threading.Thread | None = None
         self.loop_thread: LoopThread | None = None
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_threads)},
@@ -150,6 +155,16 @@ class CollectorScheduler:
 
             self.notifier = Notifier(self.config, self.store)
             self.scheduler.add_job(self.notify, "interval", seconds=NOTIFY_EVERY_S, id="fleetdeck:notify")
+        if any(policy.mode != "off" for policy in self.config.autoscale.values()):
+            from actions.autoscale import Autoscaler  # late: the actions layer is only needed with a policy
+
+            self.autoscaler = Autoscaler(self.config, self.store)
+            # its own thread, not a job: a scale it starts (boot, drain: seconds) delays only the next decision,
+            # never collection, and APScheduler does not warn about skipped runs meanwhile
+            self._autoscale_stop.clear()
+            self._autoscale_thread = threading.Thread(target=self._autoscale_loop, name="fleetdeck-autoscale",
+                                                      daemon=True)
+            self._autoscale_thread.start()
         self.scheduler.add_job(
             self.rollup,
             "interval",
@@ -160,6 +175,11 @@ class CollectorScheduler:
         self.scheduler.start()
 
     def stop(self) -> None:
+        self._autoscale_stop.set()
+        if self._autoscale_thread is not None:
+            # a scale in progress finishes first (bounded by the service's boot/drain timeouts)
+            self._autoscale_thread.join(AUTOSCALE_STOP_WAIT_S)
+            self._autoscale_thread = None
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.loop_thread is not None:
@@ -276,6 +296,14 @@ class CollectorScheduler:
             except Exception as error:  # the store refused: the next evaluation of the rule reports it again
                 log.error("recording alert transitions: %s", error)
         return written
+
+    def _autoscale_loop(self) -> None:
+        """Autoscaler passes until stop() (docs/autoscaling.md); never raises."""
+        while not self._autoscale_stop.wait(AUTOSCALE_TICK_S):
+            try:
+                self.autoscaler.tick()
+            except Exception as error:
+                log.error("autoscale: %s", error)
 
     def notify(self) -> None:
         """Decide and send due notifications; never raises into APScheduler."""

@@ -1,0 +1,140 @@
+"""The autoscaler on real fleets: sample-app replicas behind the managed nginx, real load, a real BullMQ backlog.
+
+Short windows in the test config keep each test bounded (interval 2 s, scale-down window 15 s); the collector
+scheduler runs in this process, with the autoscaler job, exactly as in `fleetdeck collect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from bullmq import Queue
+
+from actions import fleet
+from actions.auth import Principal
+from actions.autoscale import AUTOSCALER, Autoscaler, decisions, latest_decision
+from actions.base import LIVE_STATES
+from actions.operations import FleetActions
+from collectors.scheduler import start_embedded, stop_embedded
+from core.config import parse_config
+from core.store import Store
+from tests.support import free_port, free_port_block, unique_name
+from tests.support_collector import wait_for
+from tests.support_load import PostLoad, action_fleet_config
+
+OPERATOR = Principal("test-operator", "operator", "cli")
+WINDOW_S = 15.0
+
+
+def live(store: Store, service: str) -> int:
+    return sum(1 for r in store.replicas(service) if r.state in LIVE_STATES)
+
+
+def scale_events(store: Store, service: str, since: float) -> list[Any]:
+    return [e for e in store.audit(start=since, action="scale") if e.who == AUTOSCALER.name and e.result == "ok"]
+
+
+def test_load_scales_up_then_down_after_the_window_with_no_failed_request(tmp_path: Path, pg_dsn: str,
+                                                                         redis_url: str) -> None:
+    data = action_fleet_config(str(tmp_path), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10),
+                               lb_port := free_port(), replicas=1)
+    data["store"] = {"url": f"sqlite:///{tmp_path}/fd.db"}
+    data["collectors"] = {"instances_s": 1, "nginx_s": 1, "timeout_s": 2}
+    data["autoscale"] = {"web": {"mode": "auto", "rps_per_replica": 12, "tolerance": 0.2, "interval": "2s",
+                                 "scale_down_window": f"{WINDOW_S:g}s", "max_step_up": 3, "max_step_down": 2,
+                                 "metrics_max_age": "6s", "pause_after_manual": "10m"}}
+    config = parse_config(data, "test", tmp_path)
+    store = Store(config.store_url)
+    fleet.up(config, dashboard=False)
+    started = time.time()
+    try:
+        start_embedded(config, store)
+        with PostLoad("127.0.0.1", lb_port, "/work/echo?ms=20", rate=5, workers=2) as base:
+            with PostLoad("127.0.0.1", lb_port, "/work/echo?ms=20", rate=45, workers=6) as burst:
+                wait_for(lambda: scale_events(store, "web", started), 45, "the autoscaler's first scale-up")
+                peak = live(store, "web")
+                burst.wait_requests(150, timeout_s=20)  # served by the new replicas too, through the change
+            burst_stopped = time.time()
+            wait_for(lambda: live(store, "web") == 1, WINDOW_S + 40, "the scale-down back to 1")
+            base.wait_requests(5)
+        stop_embedded()
+        for report in (burst.report, base.report):
+            assert report.failed == 0, report.summary()
+        assert burst.report.sent > 150 and len(burst.report.instances) >= 3, burst.report.summary()
+        events = scale_events(store, "web", started)
+        ups = [e for e in events if e.ts < burst_stopped]
+        downs = [e for e in events if e.ts > burst_stopped]
+        assert ups and downs, [(e.ts, e.params) for e in events]
+        # nothing went before the window had passed since the load dropped (measured with a collection lag)
+        assert min(e.ts for e in downs) - burst_stopped >= WINDOW_S - 3, (burst_stopped, [e.ts for e in downs])
+        assert peak >= 3
+        timeline = decisions(store, "web", started, time.time())
+        acted = [d for d in timeline if d["acted"]]
+        assert acted and all(d["result"] == "ok" for d in acted)
+        assert any("ceil(" in reason for d in acted for reason in d["reasons"])
+        held = [d for d in timeline if d["ts"] > burst_stopped + 4 and d["ts"] < burst_stopped + WINDOW_S - 4]
+        assert held and all(d["desired"] == d["current"] for d in held)  # the window held the count
+        assert any("scale-down window" in " ".join(d["reasons"]) for d in held)
+
+        # a manual action pauses it: scale to 2 by hand, and the autoscaler (wanting 1) leaves it alone
+        manual = FleetActions(config, store).scale(OPERATOR, "web", 2)
+        assert manual.ok, manual.detail
+        record = Autoscaler(config, store).evaluate("web", config.autoscale["web"], time.time())
+        assert record["desired"] == 1 and not record["acted"] and record["why_not"].startswith("paused: scale by")
+        assert latest_decision(store, "web")["why_not"] == record["why_not"]
+    finally:
+        stop_embedded()
+        fleet.down(config)
+        store.close()
+
+
+def test_backlog_policy_scales_workers_on_a_real_bullmq_backlog(tmp_path: Path, pg_dsn: str, redis_url: str,
+                                                                 redis_prefix: str) -> None:
+    port = free_port_block(6)
+    config = parse_config({
+        "state_dir": str(tmp_path / "run"),
+        "store": {"url": f"sqlite:///{tmp_path}/fd.db"},
+        "services": [{
+            "name": "worker",
+            "command": "{python} {root}/compose/sampleapp/app.py --port {port} --instance-id {instance_id}",
+            "env": {"DATABASE_URL": pg_dsn, "REDIS_URL": redis_url, "BULLMQ_PREFIX": redis_prefix,
+                    "QUEUES": "jobs", "WORKER_CONCURRENCY": "1", "WORKER_METRICS_POINTS": "0", "POOL_MAX": "2",
+                    "SHUTDOWN_TIMEOUT_S": "3"},
+            "ports": {"start": port, "end": port + 5},
+            "replicas": 1, "min_replicas": 1, "max_replicas": 4, "stop_grace_s": 4, "boot_timeout_s": 30,
+        }],
+        "redis": [{"name": "main", "url": redis_url, "queue_prefixes": [redis_prefix], "queues": ["jobs"]}],
+        "collectors": {"instances_s": 1, "bullmq_s": 1, "timeout_s": 2},
+        "autoscale": {"worker": {"mode": "auto", "interval": "2s", "max_step_up": 2, "metrics_max_age": "6s",
+                                 "queue_backlog": {"queues": [f"main/{redis_prefix}:jobs"], "per_worker": 25}}},
+    }, "test", tmp_path)
+    store = Store(config.store_url)
+
+    async def enqueue(count: int) -> None:
+        queue = Queue("jobs", {"connection": redis_url, "prefix": redis_prefix})
+        try:
+            await queue.addBulk([{"name": "slow", "data": {"sleep_ms": 4000}} for _ in range(count)])
+        finally:
+            await queue.close()
+
+    fleet.up(config, dashboard=False)
+    try:
+        assert live(store, "worker") == 1
+        asyncio.run(enqueue(150))  # 1 job at a time per worker, 4 s each: the backlog stays for minutes
+        start_embedded(config, store)
+        wait_for(lambda: live(store, "worker") == 4, 45, "the workers scaled to max (4) on the backlog")
+        stop_embedded()
+        record = latest_decision(store, "worker")
+        assert record is not None
+        backlog = [m for m in record["metrics"] if m["name"] == "backlog_per_worker"]
+        assert backlog and backlog[0]["target"] == 25 and record["observation"]["backlog"] > 25 * 3
+        steps = [e.params["replicas"] for e in store.audit(action="scale") if e.who == "autoscaler"
+                 and e.result == "ok"]
+        assert steps == [3, 4]  # max_step_up 2, then the max bound
+    finally:
+        stop_embedded()
+        fleet.down(config)
+        store.close()
