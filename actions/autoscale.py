@@ -7,8 +7,10 @@ Runs in the collector process (a scheduler job, collectors/scheduler.py), one de
   `cpu_percent` of those replicas, requests/s and request-weighted p95 of the load balancer's upstream servers
   (when the service is behind it), and `waiting` of the policy's BullMQ queues — each only when fresher than
   `metrics_max_age`;
-- every decision (inputs, the formula of each metric, the reasons, what was done or why not) is stored: an event
-  of kind `autoscale` (the timeline) and the KV key `autoscale:latest:<service>` (what `status` shows);
+- every decision (inputs, the formula of each metric, the reasons, what was done or why not) is stored under the
+  KV key `autoscale:latest:<service>` (what `status` shows), and as an event of kind `autoscale` (the timeline,
+  drawn on the charts) whenever it acted or differs from the previous one — a repeat is counted on the latest
+  record instead, so a steady service does not add an event every interval;
 - in `auto` mode a change is executed by `FleetActions.scale` as the principal `autoscaler` (operator role), so
   it takes the same lock, respects `min_healthy`, drains before stopping and is audited like a person's scale.
   A manual action on the service (anyone but the autoscaler: scale, drain, undrain, restart, limits) pauses it
@@ -176,10 +178,26 @@ class Autoscaler:
         return record
 
     def _store_decision(self, service: str, record: dict[str, Any]) -> None:
-        verdict = ("acted: " + str(record["result"])) if record["acted"] else f"not acted: {record['why_not']}"
-        self.store.add_event(DECISION_EVENT, service, f"{record['summary']} ({verdict})"[:2000], record,
-                             ts=record["ts"])
+        """The latest decision always; an event (the timeline) when it acted or says something new.
+
+        A decision that repeats the previous one (same counts, same reason for not acting) is counted on the
+        latest record (`repeats`, `since`) instead of adding an event every interval."""
+        previous = self.store.get_kv(latest_key(service))
+        if previous is not None and not record["acted"] and _outcome(previous) == _outcome(record):
+            record["repeats"] = int(previous.get("repeats", 0)) + 1
+            record["since"] = previous.get("since", previous.get("ts"))
+        else:
+            record["repeats"], record["since"] = 0, record["ts"]
+            verdict = ("acted: " + str(record["result"])) if record["acted"] else f"not acted: {record['why_not']}"
+            self.store.add_event(DECISION_EVENT, service, f"autoscale: {record['summary']} ({verdict})"[:2000],
+                                 record, ts=record["ts"])
         self.store.put_kv(latest_key(service), record)
+
+
+def _outcome(record: dict[str, Any]) -> tuple[Any, ...]:
+    why_not = str(record.get("why_not") or "")
+    return (record.get("mode"), record.get("current"), record.get("desired"), record.get("recommendation"),
+            why_not.split(":", 1)[0])
 
 
 def latest_decision(store: Any, service: str) -> dict[str, Any] | None:

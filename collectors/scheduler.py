@@ -48,7 +48,8 @@ REFRESH_TARGETS_S = 10.0
 FLUSH_EVERY_S = 1.0
 NOTIFY_EVERY_S = 1.0  # how often due notifications are decided and sent (docs/alerts.md)
 AUTOSCALE_TICK_S = 1.0  # how often the autoscaler looks for a service whose interval has come
-AUTOSCALE_STOP_WAIT_S = 90.0
+AUTOSCALE_STOP_WAIT_S = 90.0  # a scale in progress finishes first (bounded by the service's boot/drain timeouts)
+NOTIFY_STOP_WAIT_S = 30.0  # a delivery attempt in progress finishes first (bounded by alerts.delivery.timeout_s)
 ROLLUP_EVERY_S = 60.0
 RETENTION_EVERY_S = 3600.0
 ROLLUP_FIRST_AFTER_S = 60.0
@@ -107,6 +108,37 @@ class LoopThread:
             self.loop.close()
 
 
+class BackgroundLoop:
+    """`body()` every `every_s` on its own daemon thread until stop(); never raises.
+
+    The notifier and the autoscaler run like this rather than as APScheduler jobs: one pass may take seconds (a
+    delivery attempt, a scale that boots replicas) and should delay only its own next pass, without APScheduler
+    warning about skipped runs meanwhile."""
+
+    def __init__(self, name: str, every_s: float, body: Any, stop_wait_s: float) -> None:
+        self.name = name
+        self.every_s = every_s
+        self.body = body
+        self.stop_wait_s = stop_wait_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fleetdeck-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.body()
+            except Exception as error:  # e.g. the store is briefly unavailable: try again next pass
+                log.error("%s: %s", self.name, error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.stop_wait_s)
+
+
 class CollectorScheduler:
     def __init__(
         self,
@@ -130,8 +162,7 @@ class CollectorScheduler:
         self.metrics_server: MetricsServer | None = None
         self.notifier: Any = None  # core.notify.engine.Notifier, when alerts.routes are configured
         self.autoscaler: Any = None  # actions.autoscale.Autoscaler, when a policy is not `off`
-        self._autoscale_stop = threading.Event()
-        self._autoscale_thread: threading.Thread | None = None
+        self._loops: list[BackgroundLoop] = []
         self.loop_thread: LoopThread | None = None
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_threads)},
@@ -154,17 +185,15 @@ class CollectorScheduler:
             from core.notify.engine import Notifier
 
             self.notifier = Notifier(self.config, self.store)
-            self.scheduler.add_job(self.notify, "interval", seconds=NOTIFY_EVERY_S, id="fleetdeck:notify")
+            self._loops.append(BackgroundLoop("notify", NOTIFY_EVERY_S, self.notifier.tick, NOTIFY_STOP_WAIT_S))
         if any(policy.mode != "off" for policy in self.config.autoscale.values()):
             from actions.autoscale import Autoscaler  # late: the actions layer is only needed with a policy
 
             self.autoscaler = Autoscaler(self.config, self.store)
-            # its own thread, not a job: a scale it starts (boot, drain: seconds) delays only the next decision,
-            # never collection, and APScheduler does not warn about skipped runs meanwhile
-            self._autoscale_stop.clear()
-            self._autoscale_thread = threading.Thread(target=self._autoscale_loop, name="fleetdeck-autoscale",
-                                                      daemon=True)
-            self._autoscale_thread.start()
+            self._loops.append(BackgroundLoop("autoscale", AUTOSCALE_TICK_S, self.autoscaler.tick,
+                                              AUTOSCALE_STOP_WAIT_S))
+        for loop in self._loops:
+            loop.start()
         self.scheduler.add_job(
             self.rollup,
             "interval",
@@ -175,11 +204,9 @@ class CollectorScheduler:
         self.scheduler.start()
 
     def stop(self) -> None:
-        self._autoscale_stop.set()
-        if self._autoscale_thread is not None:
-            # a scale in progress finishes first (bounded by the service's boot/drain timeouts)
-            self._autoscale_thread.join(AUTOSCALE_STOP_WAIT_S)
-            self._autoscale_thread = None
+        for loop in self._loops:
+            loop.stop()
+        self._loops = []
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.loop_thread is not None:
@@ -296,21 +323,6 @@ class CollectorScheduler:
             except Exception as error:  # the store refused: the next evaluation of the rule reports it again
                 log.error("recording alert transitions: %s", error)
         return written
-
-    def _autoscale_loop(self) -> None:
-        """Autoscaler passes until stop() (docs/autoscaling.md); never raises."""
-        while not self._autoscale_stop.wait(AUTOSCALE_TICK_S):
-            try:
-                self.autoscaler.tick()
-            except Exception as error:
-                log.error("autoscale: %s", error)
-
-    def notify(self) -> None:
-        """Decide and send due notifications; never raises into APScheduler."""
-        try:
-            self.notifier.tick()
-        except Exception as error:
-            log.error("notifications: %s", error)
 
     def rollup(self) -> None:
         started = time.monotonic()

@@ -157,6 +157,8 @@ class DeliveryConfig(_Strict):
 
 class AlertsConfig(_Strict):
     rules: AlertRules = AlertRules()
+    # a firing alert no longer evaluated this long (its target was removed) counts as resolved
+    resolve_timeout_s: Duration = Field(default=300.0, alias="resolve_timeout")
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     delivery: DeliveryConfig = DeliveryConfig()

@@ -188,3 +188,18 @@ def test_silence_cli_add_list_expire(tmp_path: Path) -> None:
     assert json.loads(run("silence", "list", "--json").stdout) == []
     assert run("silence", "expire", silence["id"]).returncode == 3
     assert run("notifications").stdout.strip() == "no notifications"
+
+
+def test_an_alert_nobody_evaluates_any_more_resolves_after_the_timeout(tmp_path: Path) -> None:
+    with WebhookReceiver() as hook:
+        config = fleet({"resolve_timeout": "5m", "receivers": [{"name": "ops", "webhook": {"url": hook.url}}],
+                        "routes": [{"receiver": "ops", "group_wait": 0, "group_interval": "10s"}]}, tmp_path)
+        store = Store(config.store_url)
+        notifier = Notifier(config, store)
+        notifier.observe([alert("web/web-9", True, T0)])  # then the replica is scaled away: no more samples
+        assert notifier.tick(T0) == (1, 1)
+        assert notifier.tick(T0 + 290) == (0, 0)
+        assert notifier.tick(T0 + 301) == (1, 1)
+        body = hook.accepted()[1]["body"]
+        assert body["status"] == "resolved" and "no longer evaluated" in body["alerts"][0]["annotations"]["summary"]
+        store.close()

@@ -96,7 +96,8 @@ class Notifier:
         self.config: AlertsConfig = config.alerts
         self.db = NotifyStore(store)
         self.states = self.db.alert_states()  # the store is the truth; this process is its only writer
-        self._lock = threading.Lock()  # observe (flush job) and dispatch (notify job) run in different threads
+        self._lock = threading.Lock()  # observe (flush job) and dispatch (notify loop) run in different threads
+        self._last_seen: dict[str, float] = {}  # alert key -> ts of its latest firing sample
         self.senders: dict[str, Sender] = senders_by_kind or {
             "webhook": lambda r, n, t, b: senders.send_webhook(r.webhook, n, t, b),  # type: ignore[arg-type]
             "email": lambda r, n, t, b: senders.send_email(r.email, n, t, b),  # type: ignore[arg-type]
@@ -122,6 +123,8 @@ class Notifier:
                 continue
             key = sample.target
             known = self.states.get(key)
+            if sample.value >= 1:
+                self._last_seen[key] = sample.ts
             if sample.value >= 1 and (known is None or known.status != "firing"):
                 rule, _, subject = key.partition("/")
                 state = AlertState(key, rule, subject, "firing", payloads.cut(sample.text), sample.ts, None)
@@ -142,6 +145,7 @@ class Notifier:
             return self._dispatch(time.time() if now is None else now)
 
     def _dispatch(self, now: float) -> int:
+        self._expire_unseen(now)
         silences = self.db.silences(active_at=now)
         groups = self.db.groups()
         queued = 0
@@ -194,6 +198,18 @@ class Notifier:
             ],
         }
         return self.db.put_group(after, notification) is not None
+
+    def _expire_unseen(self, now: float) -> None:
+        """Resolve firing alerts nobody evaluates any more (a removed replica, a target dropped from the config)."""
+        for key, state in list(self.states.items()):
+            if state.status != "firing":
+                continue
+            seen = self._last_seen.setdefault(key, now)  # after a restart: a full timeout from now
+            if now - seen > self.config.resolve_timeout_s:
+                resolved = state._replace(status="resolved", resolved_at=now,
+                                          message=payloads.cut(f"{state.message} (no longer evaluated)"))
+                self.db.put_alert_state(resolved, time.time())
+                self.states[key] = resolved
 
     # -- 3. deliver --------------------------------------------------------------------------------------------
 
