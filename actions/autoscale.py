@@ -34,7 +34,7 @@ from typing import Any
 
 from actions.auth import Principal
 from actions.autoscale_logic import Decision, Observation, Recommendation, decide
-from actions.base import LIVE_STATES
+from actions.backends.base import LIVE_STATES
 from core.config import FleetConfig
 from core.config_autoscale import AutoscalePolicy
 

@@ -16,7 +16,7 @@ from bullmq import Queue
 from actions import fleet
 from actions.auth import Principal
 from actions.autoscale import AUTOSCALER, Autoscaler, decisions, latest_decision
-from actions.base import LIVE_STATES
+from actions.backends.base import LIVE_STATES
 from actions.operations import FleetActions
 from collectors.scheduler import start_embedded, stop_embedded
 from core.config import parse_config

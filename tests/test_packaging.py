@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support import PYTHON, REPO_ROOT
 
-TEST_TOOLS = {"pytest", "pytest-timeout", "playwright", "ruff"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "playwright", "ruff", "aiosmtpd"}
 
 
 def _name(requirement: str) -> str:
