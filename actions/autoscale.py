@@ -205,6 +205,21 @@ def latest_decision(store: Any, service: str) -> dict[str, Any] | None:
     return store.get_kv(latest_key(service))
 
 
+def advice_lines(config: FleetConfig, store: Any) -> list[str]:
+    """One line per service with a policy: its latest recommendation and why, for the Instances page and `status`."""
+    lines = []
+    for service, policy in config.autoscale.items():
+        if policy.mode == "off":
+            continue
+        record = latest_decision(store, service)
+        if record is None:
+            lines.append(f"autoscale {service} ({policy.mode}): no decision yet")
+            continue
+        tail = f" — not acted: {record['why_not']}" if record.get("why_not") and record["change"] else ""
+        lines.append(f"autoscale {service} ({policy.mode}): {record['summary']}{tail}")
+    return lines
+
+
 def decisions(store: Any, service: str, start: float, end: float) -> list[dict[str, Any]]:
     """The stored decisions of `service` in [start, end], oldest first (the timeline)."""
     return [{"ts": e.ts, "message": e.message, **e.details}

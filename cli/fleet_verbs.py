@@ -98,13 +98,12 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     autoscale = _autoscale_status(config)
     if args.json:
-        print(json.dumps({**dict(state), "autoscale": autoscale} if autoscale else state, indent=2, default=str))
+        print(json.dumps({**dict(state), "autoscale": autoscale["records"]} if autoscale else state, indent=2,
+                         default=str))
     else:
         _print_status(dict(state))
-        for name, record in autoscale.items():
-            print(f"autoscale {name}: " + (f"{record['summary']}"
-                                           + (f" [not acted: {record['why_not']}]" if record.get("why_not") else "")
-                                           if record else "no decision yet"))
+        for line in autoscale.get("lines", []):
+            print(line)
     return 0
 
 
@@ -112,12 +111,13 @@ def _autoscale_status(config: Any) -> dict[str, Any]:
     """The autoscaler's latest decision per service with a policy (docs/autoscaling.md)."""
     if not config.autoscale:
         return {}
-    from actions.autoscale import latest_decision
+    from actions.autoscale import advice_lines, latest_decision
     from actions.fleet import open_store
 
     store = open_store(config)
     try:
-        return {name: latest_decision(store, name) for name in config.autoscale}
+        return {"records": {name: latest_decision(store, name) for name in config.autoscale},
+                "lines": advice_lines(config, store)}
     finally:
         store.close()
 

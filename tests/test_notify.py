@@ -158,6 +158,7 @@ def test_a_silence_needs_sane_bounds_and_a_reason(tmp_path: Path, duration: floa
     assert not create_silence(store, OPERATOR, "*", "*", 60, "  ")["ok"]
     assert not create_silence(store, OPERATOR, "instance_dwn", "*", 60, "typo")["ok"]
     assert list_silences(store, include_expired=True) == []
+    assert not expire_silence(store, OPERATOR, "nosuchid")["ok"]
     store.close()
 
 
@@ -183,11 +184,8 @@ def test_silence_cli_add_list_expire(tmp_path: Path) -> None:
     [silence] = json.loads(run("silence", "list", "--json").stdout)
     assert (silence["subject"], silence["reason"]) == ("web/*", "planned maintenance")
     assert 7190 < silence["expires_at"] - silence["created_at"] <= 7200
-    assert run("silence", "add", "--for", "1h", "--reason", "").returncode == 3  # refused: no reason
     assert run("silence", "expire", silence["id"]).returncode == 0
     assert json.loads(run("silence", "list", "--json").stdout) == []
-    assert run("silence", "expire", silence["id"]).returncode == 3
-    assert run("notifications").stdout.strip() == "no notifications"
 
 
 def test_an_alert_nobody_evaluates_any_more_resolves_after_the_timeout(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from actions.autoscale import advice_lines
 from dashboard import queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions, render_service_actions
 
@@ -39,6 +40,8 @@ def instances_panel() -> None:
 
 
 instances_panel()
+for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
+    st.caption(line)
 render_service_actions(config)
 
 st.subheader("Instance detail")

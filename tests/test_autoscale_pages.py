@@ -1,0 +1,49 @@
+"""The Instances page and `fleetdeck status` show the autoscaler's latest recommendation and why (advise mode)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from actions.autoscale import Autoscaler, advice_lines
+from core.config import load_config
+from core.samples import Sample
+from core.store import ReplicaRecord, Store
+from tests.test_dashboard_pages import APP, TIMEOUT_S, texts
+
+
+def test_advise_mode_recommendation_is_on_the_instances_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"""
+state_dir: {tmp_path / "run"}
+services:
+  - name: web
+    command: "true {{port}} {{instance_id}}"
+    ports: {{start: 20000, end: 20010}}
+store: {{url: "sqlite:///{tmp_path / "fleetdeck.db"}"}}
+dashboard: {{embedded_collector: false}}
+autoscale:
+  web: {{mode: advise, cpu_percent: 50}}
+""")
+    config = load_config(path)
+    store = Store(config.store_url)
+    now = time.time()
+    for index in (1, 2):  # two running replicas at 90 % CPU: the policy wants ceil(2 × 90 / 50) = 4
+        store.upsert_replica(ReplicaRecord("web", f"web-{index}", "local", "127.0.0.1", 20000 + index, None,
+                                           "running", now, ""))
+        store.write_samples([Sample("instance", f"web/web-{index}", "cpu_percent", 90, now, "percent")])
+    record = Autoscaler(config, store).evaluate("web", config.autoscale["web"], now)
+    assert (record["current"], record["desired"], record["acted"]) == (2, 4, False)
+    assert record["why_not"] == "mode is advise: recommendation only"
+    [line] = advice_lines(config, store)
+    assert "scale up 2 → 4" in line and "ceil(2 × 90% / 50%) = 4" in line and "mode is advise" in line
+    store.close()
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(path))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.run()
+    app.switch_page("app_pages/instances.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert line in texts(app.caption)
