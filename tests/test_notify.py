@@ -201,3 +201,19 @@ def test_an_alert_nobody_evaluates_any_more_resolves_after_the_timeout(tmp_path:
         body = hook.accepted()[1]["body"]
         assert body["status"] == "resolved" and "no longer evaluated" in body["alerts"][0]["annotations"]["summary"]
         store.close()
+
+
+def test_the_outbox_on_postgres_decides_once_and_leases_each_row_to_one_sender(pg_dsn: str) -> None:
+    store = Store(pg_dsn)
+    db = NotifyStore(store)
+    group = GroupState(f"0:pg:{T0}", "pg", T0, T0, ("instance_down/web/web-1",), 1)
+    payload = {"created_at": T0, "alerts": []}
+    first = db.put_group(group, payload)
+    assert first is not None
+    assert db.put_group(group, payload) is None  # the same decision again (another process): not queued twice
+    assert [n.id for n in db.claim_due(T0, lease_s=30)] == [first]
+    assert db.claim_due(T0 + 1, lease_s=30) == []  # leased: nobody else sends it meanwhile
+    [mine] = db.claim_due(T0 + 31, lease_s=30)  # the lease ran out (its sender died): claimable again
+    db.record_attempt(mine, T0 + 32, True, 0.01, "HTTP 200", None)
+    assert db.notifications(ids=[first])[0].status == "sent" and db.claim_due(T0 + 100, 30) == []
+    store.close()

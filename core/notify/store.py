@@ -257,7 +257,7 @@ class NotifyStore:
                 ).rowcount
             if got:
                 claimed.append(notification_id)
-        return [x for x in self.notifications() if x.id in set(claimed)]
+        return self.notifications(ids=claimed) if claimed else []
 
     def record_attempt(self, notification: Notification, ts: float, ok: bool, duration_s: float, detail: str,
                        next_attempt_at: float | None) -> None:
@@ -276,11 +276,15 @@ class NotifyStore:
             conn.execute(update(notification_table).where(notification_table.c.id == notification.id)
                          .values(attempts=attempts, lease_until=None, **values))
 
-    def notifications(self, status: str | None = None, limit: int = 1000) -> list[Notification]:
+    def notifications(self, status: str | None = None, limit: int = 1000,
+                      ids: list[int] | None = None) -> list[Notification]:
+        """The newest `limit` notifications (or exactly `ids`), oldest first."""
         n = notification_table.c
         stmt = select(notification_table).order_by(n.id.desc()).limit(limit)
         if status is not None:
             stmt = stmt.where(n.status == status)
+        if ids is not None:
+            stmt = stmt.where(n.id.in_(ids))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [
