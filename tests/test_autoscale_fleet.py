@@ -1,4 +1,5 @@
-"""The autoscaler on real fleets: sample-app replicas behind the managed nginx, real load, a real BullMQ backlog.
+"""The autoscaler on real fleets: sample-app replicas behind the managed nginx, real load (steady, then flapping),
+a real BullMQ backlog.
 
 Short windows in the test config keep each test bounded (interval 2 s, scale-down window 15 s); the collector
 scheduler runs in this process, with the autoscaler job, exactly as in `fleetdeck collect`.
@@ -37,8 +38,8 @@ def scale_events(store: Store, service: str, since: float) -> list[Any]:
     return [e for e in store.audit(start=since, action="scale") if e.who == AUTOSCALER.name and e.result == "ok"]
 
 
-def test_load_scales_up_then_down_after_the_window_with_no_failed_request(tmp_path: Path, pg_dsn: str,
-                                                                         redis_url: str) -> None:
+def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_no_failed_request(
+        tmp_path: Path, pg_dsn: str, redis_url: str) -> None:
     data = action_fleet_config(str(tmp_path), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10),
                                lb_port := free_port(), replicas=1)
     data["store"] = {"url": f"sqlite:///{tmp_path}/fd.db"}
@@ -52,25 +53,41 @@ def test_load_scales_up_then_down_after_the_window_with_no_failed_request(tmp_pa
     started = time.time()
     try:
         start_embedded(config, store)
+        bursts: list[PostLoad] = []
+
+        def burst() -> PostLoad:
+            load = PostLoad("127.0.0.1", lb_port, "/work/echo?ms=20", rate=45, workers=6)
+            bursts.append(load)
+            return load
+
         with PostLoad("127.0.0.1", lb_port, "/work/echo?ms=20", rate=5, workers=2) as base:
-            with PostLoad("127.0.0.1", lb_port, "/work/echo?ms=20", rate=45, workers=6) as burst:
+            with burst() as first:
                 wait_for(lambda: scale_events(store, "web", started), 45, "the autoscaler's first scale-up")
-                peak = live(store, "web")
-                burst.wait_requests(150, timeout_s=20)  # served by the new replicas too, through the change
+                first.wait_requests(150, timeout_s=20)  # served by the new replicas too, through the change
+            peak = live(store, "web")
+            flapping_from = time.time()
+            for _ in range(2):  # flapping: 5 s quiet, 5 s busy, twice (a period shorter than the window)
+                time.sleep(5)
+                with burst() as again:
+                    time.sleep(5)
+                    again.wait_requests(20)
             burst_stopped = time.time()
             wait_for(lambda: live(store, "web") == 1, WINDOW_S + 40, "the scale-down back to 1")
             base.wait_requests(5)
         stop_embedded()
-        for report in (burst.report, base.report):
+        for report in (*(b.report for b in bursts), base.report):
             assert report.failed == 0, report.summary()
-        assert burst.report.sent > 150 and len(burst.report.instances) >= 3, burst.report.summary()
+        assert bursts[0].report.sent > 150 and len(bursts[0].report.instances) >= 3, bursts[0].report.summary()
         events = scale_events(store, "web", started)
         ups = [e for e in events if e.ts < burst_stopped]
         downs = [e for e in events if e.ts > burst_stopped]
         assert ups and downs, [(e.ts, e.params) for e in events]
+        assert peak >= 3
+        # flapping load: no replica went while it flapped, so none had to come back (no oscillation)
+        flapping = [e.params["replicas"] for e in events if flapping_from <= e.ts <= burst_stopped]
+        assert all(n >= peak for n in flapping), flapping
         # nothing went before the window had passed since the load dropped (measured with a collection lag)
         assert min(e.ts for e in downs) - burst_stopped >= WINDOW_S - 3, (burst_stopped, [e.ts for e in downs])
-        assert peak >= 3
         timeline = decisions(store, "web", started, time.time())
         acted = [d for d in timeline if d["acted"]]
         assert acted and all(d["result"] == "ok" for d in acted)
