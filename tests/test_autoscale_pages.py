@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from actions.autoscale import Autoscaler, advice_lines
+from cli.main import main
 from core.config import load_config
 from core.samples import Sample
 from core.store import ReplicaRecord, Store
 from tests.test_dashboard_pages import APP, TIMEOUT_S, texts
 
 
-def test_advise_mode_recommendation_is_on_the_instances_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_advise_mode_recommendation_is_on_the_instances_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(f"""
 state_dir: {tmp_path / "run"}
@@ -41,6 +44,12 @@ autoscale:
     [line] = advice_lines(config, store)
     assert "scale up 2 → 4" in line and "ceil(2 × 90% / 50%) = 4" in line and "mode is advise" in line
     store.close()
+    capsys.readouterr()
+    assert main(["--config", str(path), "autoscale", "status"]) == 0
+    assert "not acted: mode is advise: recommendation only" in capsys.readouterr().out
+    assert main(["--config", str(path), "autoscale", "decisions", "web", "--json"]) == 0
+    [stored] = json.loads(capsys.readouterr().out)
+    assert stored["desired"] == 4 and stored["observation"]["cpu_percent"] == 90
     monkeypatch.setenv("FLEETDECK_CONFIG", str(path))
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
     app.run()

@@ -7,9 +7,13 @@ the SMTP port), so the notifications are decided and attempted but not delivered
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
+import pytest
+
+from cli.main import main
 from core.notify.store import NotifyStore
 from core.store import Store
 from tests.support import free_port
@@ -20,7 +24,8 @@ from tests.test_collectors_helpers import servers
 TIMING = {"group_wait": "0.5s", "group_interval": "2s", "repeat_interval": "1h"}
 
 
-def test_kill_between_firing_and_delivery_loses_nothing_and_sends_nothing_twice(tmp_path: Path) -> None:
+def test_kill_between_firing_and_delivery_loses_nothing_and_sends_nothing_twice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target_port, smtp_port = free_port(), free_port()
     with WebhookReceiver() as hook:
         hook.answers = [503]
@@ -76,3 +81,8 @@ def test_kill_between_firing_and_delivery_loses_nothing_and_sends_nothing_twice(
             assert [a.ok for a in log][-1] and not any(a.ok for a in log[:-1]) and len(log) >= 2
             assert first.attempts == len(log)
         store.close()
+        capsys.readouterr()
+        assert main(["--config", str(config), "notifications", "--json"]) == 0  # the record, as the CLI shows it
+        shown = json.loads(capsys.readouterr().out)
+        assert [(n["receiver"], n["status"], len(n["attempt_log"])) for n in shown][:1] == [
+            ("hook", "sent", after["hook"][0].attempts)]
