@@ -236,7 +236,21 @@ class FleetConfig(_Strict):
         unknown = sorted(set(self.autoscale) - set(names))
         if unknown:
             raise ValueError(f"autoscale: {', '.join(unknown)} not one of the services: {', '.join(names)}")
+        self._check_autoscale_sources()
         return self
+
+    def _check_autoscale_sources(self) -> None:
+        """Each policy's metrics must have a source: the load balancer for rps/p95, a configured Redis for queues."""
+        behind = self.load_balancer.service if self.load_balancer else None
+        redis_names = {r.name for r in self.redis}
+        for name, policy in self.autoscale.items():
+            if (policy.rps_per_replica is not None or policy.p95_ms is not None) and behind != name:
+                raise ValueError(f"autoscale.{name}: rps_per_replica and p95_ms come from the load balancer, "
+                                 f"which routes to {behind or 'no service'}")
+            for queue in policy.queue_backlog.queues if policy.queue_backlog else []:
+                if queue.split("/", 1)[0] not in redis_names:
+                    raise ValueError(f"autoscale.{name}.queue_backlog: '{queue}' is not '<redis name>/<prefix>:"
+                                     f"<queue>' with a redis name of: {', '.join(sorted(redis_names)) or '(none)'}")
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:

@@ -92,3 +92,20 @@ def test_a_bad_alert_key_is_named(alerts: dict[str, Any], expected: str) -> None
     with pytest.raises(ConfigError) as caught:
         config_with(alerts)
     assert "fleet.yaml" in str(caught.value) and expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("autoscale", "expected"),
+    [
+        ({"web": {"cpu_percent": 50, "intervl": "5s"}}, "autoscale.web.intervl: unknown key"),
+        ({"web": {"mode": "sometimes", "cpu_percent": 50}}, "autoscale.web.mode: "),
+        ({"web": {"mode": "auto"}}, "needs at least one of cpu_percent"),
+        ({"api": {"cpu_percent": 50}}, "autoscale: api not one of the services"),
+        ({"web": {"rps_per_replica": 10}}, "rps_per_replica and p95_ms come from the load balancer"),
+        ({"web": {"queue_backlog": {"queues": ["nope/bull:jobs"], "per_worker": 5}}}, "'nope/bull:jobs' is not"),
+    ],
+)
+def test_a_bad_autoscale_key_is_named(autoscale: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**BASE, "autoscale": autoscale}, "fleet.yaml")
+    assert expected in str(caught.value)

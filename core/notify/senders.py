@@ -47,7 +47,8 @@ def send_webhook(receiver: WebhookReceiver, notification: dict[str, Any], timeou
                     break
             status = response.status_code
     except httpx.HTTPError as error:
-        raise DeliveryError(f"{type(error).__name__}: {error}"[:300]) from None
+        # a webhook URL is often the secret itself (Slack, Teams): keep it out of the attempt record and logs
+        raise DeliveryError(f"{type(error).__name__}: {error}".replace(receiver.url, "<webhook url>")[:300]) from None
     if 200 <= status < 300:
         return f"HTTP {status}"
     raise DeliveryError(f"HTTP {status}", permanent=400 <= status < 500 and status not in (408, 429))
