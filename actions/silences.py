@@ -49,7 +49,7 @@ def create_silence(store: Any, principal: Any, rule: str, subject: str, duration
     problem = _check(rule, subject, duration_s, reason)
     if problem:
         return _refused(op, problem)
-    silence = Silence(uuid.uuid4().hex[:12], rule, subject, principal.name, now, now + duration_s, None,
+    silence = Silence(uuid.uuid4().hex[:12], rule, subject, principal.name[:128], now, now + duration_s, None,
                       reason.strip())
     NotifyStore(store).add_silence(silence)
     until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(silence.expires_at))
