@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from actions.autoscale import Autoscaler, advice_lines
+from actions.operations import limits_key
 from cli.main import main
 from core.config import load_config
 from core.samples import Sample
@@ -41,6 +42,12 @@ autoscale:
     record = Autoscaler(config, store).evaluate("web", config.autoscale["web"], now)
     assert (record["current"], record["desired"], record["acted"]) == (2, 4, False)
     assert record["why_not"] == "mode is advise: recommendation only"
+    # an admin's limits override caps the decision like the config's bounds would
+    store.put_kv(limits_key("web"), {"min_replicas": 1, "max_replicas": 3, "by": "root", "ts": now})
+    capped = Autoscaler(config, store).evaluate("web", config.autoscale["web"], now + 1)
+    assert capped["desired"] == 3 and list(capped["bounds"]) == [1, 3] and "capped at max 3" in capped["summary"]
+    store.delete_kv(limits_key("web"))
+    Autoscaler(config, store).evaluate("web", config.autoscale["web"], now + 2)
     [line] = advice_lines(config, store)
     assert "scale up 2 → 4" in line and "ceil(2 × 90% / 50%) = 4" in line and "mode is advise" in line
     store.close()
@@ -48,7 +55,7 @@ autoscale:
     assert main(["--config", str(path), "autoscale", "status"]) == 0
     assert "not acted: mode is advise: recommendation only" in capsys.readouterr().out
     assert main(["--config", str(path), "autoscale", "decisions", "web", "--json"]) == 0
-    [stored] = json.loads(capsys.readouterr().out)
+    stored = json.loads(capsys.readouterr().out)[-1]
     assert stored["desired"] == 4 and stored["observation"]["cpu_percent"] == 90
     monkeypatch.setenv("FLEETDECK_CONFIG", str(path))
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
