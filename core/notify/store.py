@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 notify_metadata = MetaData()
@@ -163,10 +164,15 @@ class NotifyStore:
     """Tables of the notifier on the store's engine (SQLite or Postgres, like every other table)."""
 
     def __init__(self, store: Any) -> None:
-        self.store = store
-        # the store's own engine, so SQLite WAL settings and the Postgres pool are shared
+        # the store's own engine, so SQLite WAL settings and the Postgres pool are shared (the only thing used of
+        # the Store: these tables stay independent of how the store's own tables are split)
         self.engine = store._engine
+        self._dialect = self.engine.dialect.name
         notify_metadata.create_all(self.engine, checkfirst=True)
+
+    def _insert(self, table: Table) -> Any:
+        """An INSERT that supports ON CONFLICT (both dialects spell it the same in SQLAlchemy)."""
+        return (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(table)
 
     # -- alerts -----------------------------------------------------------------------------------------------------
 
@@ -181,7 +187,7 @@ class NotifyStore:
 
     def put_alert_state(self, state: AlertState, now: float) -> None:
         row = {**state._asdict(), "updated_at": now}
-        insert = self.store._insert(alert_state_table).values(row)
+        insert = self._insert(alert_state_table).values(row)
         stmt = insert.on_conflict_do_update(
             index_elements=["key"], set_={k: insert.excluded[k] for k in row if k != "key"}
         )
@@ -214,7 +220,7 @@ class NotifyStore:
 
         If the same notification was already queued (a second process decided it too), nothing is written."""
         row = {**group._asdict(), "notified": json.dumps(list(group.notified))}
-        insert = self.store._insert(notify_group_table).values(row)
+        insert = self._insert(notify_group_table).values(row)
         stmt = insert.on_conflict_do_update(
             index_elements=["key"], set_={k: insert.excluded[k] for k in row if k != "key"}
         )
