@@ -19,11 +19,13 @@ from typing import Any, TypedDict
 import psycopg
 from psycopg import conninfo
 
+from actions import fleet_locks, self_status
 from actions.backends import LOCAL
 from actions.backends.base import (
     DRAINING,
     LIVE_STATES,
     RUNNING,
+    STOPPED,
     UP,
     BackendError,
     FleetError,
@@ -61,6 +63,8 @@ class FleetStatus(TypedDict):
     nginx: dict[str, Any]
     dashboard: dict[str, Any]
     collector: dict[str, Any]
+    processes: list[dict[str, Any]]  # every fleetdeck process with its state (actions/self_status.py)
+    problems: list[str]  # one line per process that should run and does not
 
 
 def open_store(config: FleetConfig) -> Store:
@@ -289,9 +293,46 @@ def _start_replicas(
     return orchestrator.live(service)
 
 
-def desired_upstream(nginx: ManagedNginx, replicas: list[Replica]) -> list[UpstreamServer]:
-    """Live replicas as upstream servers; a server already drained in nginx stays drained."""
-    drained = {s.address: s.state for s in nginx.current() if s.state != UP}
+def drained_flags(nginx: ManagedNginx, replicas: list[Replica], say: Progress | None = None) -> dict[str, str]:
+    """address -> drained state, for the servers whose drain still belongs to the live replica on that address.
+
+    A drained flag belongs to one replica process. When the replica at an address is another instance, or was
+    started after the configuration that drained it was applied, the flag is a leftover of a replica that is
+    gone: it is dropped, and said, instead of silently keeping the new replica out of rotation.
+    """
+    applied_at = nginx.state().get("applied_at")
+    by_address = {r.address: r for r in replicas}
+    kept: dict[str, str] = {}
+    for server in nginx.current():
+        if server.state == UP:
+            continue
+        replica = by_address.get(server.address)
+        if replica is None:
+            continue
+        newer = isinstance(applied_at, int | float) and replica.started_at > applied_at
+        if (server.instance_id and server.instance_id != replica.instance_id) or newer:
+            if say is not None:
+                say(f"nginx: {replica.instance_id} is a new replica on {server.address}; the drained flag of the"
+                    " previous one is dropped")
+            continue
+        kept[server.address] = server.state
+    return kept
+
+
+def forget_drained_servers(nginx: ManagedNginx) -> list[str]:
+    """After `down` stopped every replica: forget their upstream entries (and drained flags); the ids dropped."""
+    servers = nginx.current()
+    if not servers:
+        return []
+    nginx.forget_servers()
+    return [s.instance_id or s.address for s in servers if s.state != UP]
+
+
+def desired_upstream(nginx: ManagedNginx, replicas: list[Replica], say: Progress | None = None
+                     ) -> list[UpstreamServer]:
+    """Live replicas as upstream servers; a server already drained in nginx stays drained (while it is the
+    same replica: see drained_flags)."""
+    drained = drained_flags(nginx, replicas, say)
     servers: list[UpstreamServer] = []
     for replica in replicas:
         state = DRAINING if replica.state == DRAINING else drained.get(replica.address, UP)
@@ -314,7 +355,12 @@ def up(
 
     if nginx and not nginx.external and not nginx.is_running():
         host, port = split_listen(nginx.lb.listen)
-        if not port_is_free(host, port):
+        orphans = nginx.process_state()["orphaned_workers"]
+        if orphans:
+            # our own workers, left serving by a killed master: the apply below replaces them (graceful)
+            say(f"nginx: master gone, {len(orphans)} orphaned worker(s) still serving (pid"
+                f" {', '.join(map(str, orphans))}); replacing them with a new master")
+        elif not port_is_free(host, port):
             raise FleetError(
                 f"load_balancer.listen {nginx.lb.listen} is in use by another program; stop it or change the port"
             )
@@ -337,7 +383,7 @@ def up(
 
     if nginx:
         replicas = [r for r in orchestrator.list(config.service(nginx.lb.service)) if r.state in LIVE_STATES]
-        servers = desired_upstream(nginx, replicas)
+        servers = desired_upstream(nginx, replicas, say)
         unchanged = nginx.current() == servers and (
             nginx.external or (nginx.is_running() and nginx.served_generation() == nginx.generation())
         )
@@ -361,14 +407,37 @@ def up(
     elif dashboard:
         say(f"dashboard: {app} does not exist yet; not started")
 
-    store.add_event("fleet.up", "fleet", "fleet is up", {})
+    # what this `up` started: `status` compares against it to call a missing process a problem
+    started = {"dashboard": bool(dashboard and app.exists()), "collector": not config.dashboard.embedded_collector,
+               "nginx": bool(nginx and not nginx.external)}
+    store.add_event("fleet.up", "fleet", "fleet is up", started)
     return status(config, store=store, dashboard_app=app)
 
 
-def down(config: FleetConfig, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Stop the dashboard, the standalone collector, every recorded replica (gracefully) and nginx, all by PID."""
+def down(config: FleetConfig, *, progress: Progress | None = None, wait_s: float = fleet_locks.DEFAULT_WAIT_S,
+         force: bool = False) -> dict[str, Any]:
+    """Stop the dashboard, the standalone collector, every recorded replica (gracefully) and nginx, all by PID.
+
+    First it takes every local service's action lock: a running scale/drain/restart is waited for (up to
+    `wait_s`), then `down` refuses with FleetBusy unless `force` (actions/fleet_locks.py).
+    """
+    from actions.auth import cli_principal
+
     say: Progress = progress or log.info
     store = open_store(config)
+    locks = fleet_locks.DownLocks(store, cli_principal(config.auth), [s.name for s in _local_services(config)],
+                                  wait_s=wait_s, force=force, say=say)
+    locks.acquire()
+    try:
+        summary = _down_locked(config, store, say)
+    except Exception as error:
+        locks.finish({}, f"{type(error).__name__}: {error}")
+        raise
+    locks.finish(summary)
+    return summary
+
+
+def _down_locked(config: FleetConfig, store: Store, say: Progress) -> dict[str, Any]:
     summary: dict[str, Any] = {"dashboard": False, "collector": False, "replicas": [], "nginx": False}
     summary["dashboard"] = Dashboard(config).stop()
     say(f"dashboard: {'stopped' if summary['dashboard'] else 'was not running'}")
@@ -377,12 +446,24 @@ def down(config: FleetConfig, *, progress: Progress | None = None) -> dict[str, 
     orchestrator = LocalOrchestrator(config, store)
     for service in _local_services(config):
         for replica in orchestrator.list(service):
+            # said first, for every replica: an action still waiting on one (a forced down) sees it is stopping
+            orchestrator.mark(service, replica.instance_id, STOPPED)
+        for replica in orchestrator.list(service):
             orchestrator.stop(service, replica.instance_id)
             summary["replicas"].append(replica.instance_id)
             say(f"{service.name}: stopped {replica.instance_id} ({replica.state})")
     if config.load_balancer and config.load_balancer.mode == "managed":
-        summary["nginx"] = ManagedNginx(config, store).stop()
+        nginx = ManagedNginx(config, store)
+        orphans = nginx.process_state()["orphaned_workers"]
+        summary["nginx"] = nginx.stop()
+        if orphans:
+            say(f"nginx: stopped {len(orphans)} orphaned worker(s) of a killed master: pid"
+                f" {', '.join(map(str, orphans))}")
         say(f"nginx: {'stopped' if summary['nginx'] else 'was not running'}")
+        # the replicas are gone: so are their drained flags (a new replica must never inherit one silently)
+        dropped = forget_drained_servers(nginx)
+        if dropped:
+            say(f"nginx: dropped the drained flag of {', '.join(dropped)} (its replica was stopped)")
     store.add_event("fleet.down", "fleet", "fleet is down", summary)
     return summary
 
@@ -423,10 +504,38 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
             "generation": nginx.generation(),
             "served_generation": nginx.served_generation() if pid else None,
             "servers": [s._asdict() for s in nginx.current()],
+            "process": nginx.process_state() if not nginx.external else None,
         })
     board = Dashboard(config, dashboard_app)
-    collector = {"embedded": config.dashboard.embedded_collector, **StandaloneCollector(config).status()}
+    standalone = StandaloneCollector(config)
+    collector = {"embedded": config.dashboard.embedded_collector, **standalone.status(),
+                 "heartbeat": self_status.collector_heartbeat(config)}
+    processes = _own_processes(config, store, board, standalone, nginx_status)
+    problems = [f"{p['name']}{' pid ' + str(p['pid']) if p['pid'] else ''}: {p['state']} — {p['detail']}"
+                for p in processes if p["problem"]]
+    heartbeat = collector["heartbeat"]
+    if heartbeat and heartbeat["problems"] and (config.dashboard.embedded_collector or standalone.pid()):
+        problems.append(f"collector ({heartbeat.get('kind')}, pid {heartbeat.get('pid')}): "
+                        + "; ".join(heartbeat["problems"]))
     return FleetStatus(
-        ts=time.time(), services=services, nginx=nginx_status, dashboard=board.status(), collector=collector
+        ts=time.time(), services=services, nginx=nginx_status, dashboard=board.status(), collector=collector,
+        processes=processes, problems=problems,
     )
+
+
+def _own_processes(config: FleetConfig, store: Store, board: Dashboard, collector: StandaloneCollector,
+                   nginx_status: dict[str, Any]) -> list[dict[str, Any]]:
+    expected = self_status.fleet_expected(store)
+    up = expected is not None
+    processes = [self_status.background_entry(
+        "dashboard", board.pid_path, board.pid(), up and bool(expected and expected.get("dashboard")),
+        "`fleetdeck up` starts it again")]
+    if not config.dashboard.embedded_collector:
+        processes.append(self_status.background_entry(
+            "collector", collector.pid_path, collector.pid(), up and bool(expected and expected.get("collector", True)),
+            "no samples are collected until `fleetdeck up` starts it again"))
+    if nginx_status.get("process") is not None:
+        processes.extend(self_status.nginx_entries(
+            nginx_status["process"], up and bool(expected and expected.get("nginx", True))))
+    return processes
 

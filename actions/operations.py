@@ -609,6 +609,11 @@ class FleetActions:
         quiet, why = self._wait_idle(op, service, replica, timeout)
         metrics = {"out_of_rotation_s": round(out_of_rotation_s, 3),
                    "drain_s": round(time.monotonic() - started, 3)}
+        stopped = replica_stopped_under(self.orchestrator(service), service, replica)
+        if stopped is not None:  # an idle answer from a replica that is being stopped proves nothing
+            message = f"drain of {replica.instance_id} failed: {stopped}"
+            op.progress(message, "replica_stopped")
+            return OperationResult(False, message, after=metrics, result=audit.FAILED, error=message)
         if quiet:
             if mark_down:  # a restart skips this reload: it replaces the entry once the new replica is healthy
                 self._apply(op, service, _with_state(self._upstream(service), replica, DOWN), "marking it down")
@@ -1082,6 +1087,18 @@ class FleetActions:
             return max(1, len(self._live(service))) * self._default_ttl(service)
 
         return self._run(principal, ROLLING_RESTART, service_name, {"service": service_name}, prepare, op_id, ttl)
+
+
+def replica_stopped_under(orchestrator: Orchestrator, service: ServiceConfig, replica: Replica) -> str | None:
+    """Why `replica` no longer runs (stopped, dead or replaced while an action waited on it), else None."""
+    current = next((r for r in orchestrator.list(service) if r.instance_id == replica.instance_id), None)
+    if current is None:
+        return f"{replica.instance_id} was stopped while the action ran (by another command, e.g. `fleetdeck down`)"
+    if current.state not in LIVE_STATES:
+        return f"{replica.instance_id} is {current.state} (stopped while the action ran)"
+    if replica.ref and current.ref and current.ref != replica.ref:
+        return f"{replica.instance_id} was replaced by another process while the action ran"
+    return None
 
 
 def _with_state(servers: list[UpstreamServer], replica: Replica, state: str) -> list[UpstreamServer]:

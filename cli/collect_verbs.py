@@ -68,7 +68,7 @@ def _forever(config: Any) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    scheduler = start_embedded(config, store)
+    scheduler = start_embedded(config, store, kind="standalone")
     print(f"fleetdeck collect: {len(scheduler.collectors)} collectors running; SIGTERM stops", file=sys.stderr)
     try:
         while not stop.wait(1.0):

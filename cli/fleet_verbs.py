@@ -49,7 +49,7 @@ def _down(args: argparse.Namespace) -> int:
     _quiet_logging(args.verbose)
     config = load_config(args.config)
     try:
-        fleet.down(config, progress=_progress)
+        fleet.down(config, progress=_progress, wait_s=args.wait, force=args.force)
     except FleetdeckActionError as error:
         print(f"fleetdeck down: {error}", file=sys.stderr)
         return 1
@@ -82,8 +82,32 @@ def _print_status(state: dict[str, Any]) -> None:
         )
         for server in nginx["servers"]:
             print(f"  {server['address']:<21} {server['state']:<9} {server['instance_id']}")
+        process = nginx.get("process") or {}
+        if process.get("orphaned_workers"):
+            print(f"  master gone: orphaned worker(s) {', '.join(map(str, process['orphaned_workers']))} still"
+                  " serving the last configuration")
     board = state["dashboard"]
     print(f"dashboard {board['url']}: {'running, pid ' + str(board['pid']) if board['running'] else 'stopped'}")
+    _print_processes(state)
+
+
+def _print_processes(state: dict[str, Any]) -> None:
+    print("fleetdeck processes:")
+    for process in state.get("processes", []):
+        line = f"  {process['name']:<13} pid {process['pid'] or '-':<8} {process['state']}"
+        print(line + (f" — {process['detail']}" if process["detail"] else ""))
+    heartbeat = state.get("collector", {}).get("heartbeat")
+    if heartbeat:
+        written = heartbeat.get("last_write_ok_ts")
+        print(f"  collector heartbeat {heartbeat['age_s']:.0f}s ago ({heartbeat.get('kind')}, pid"
+              f" {heartbeat.get('pid')}): last store write {_ago(written)}, buffered {heartbeat.get('buffered', 0)},"
+              f" dropped {heartbeat.get('dropped_total', 0)}")
+    for problem in state.get("problems", []):
+        print(f"PROBLEM: {problem}")
+
+
+def _ago(ts: float | None) -> str:
+    return "never" if not ts else f"{max(0.0, time.time() - ts):.0f}s ago"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -104,7 +128,11 @@ def _status(args: argparse.Namespace) -> int:
         _print_status(dict(state))
         for line in autoscale.get("lines", []):
             print(line)
-    return 0
+    # a process that should run and does not (a killed collector, nginx workers without master) is a failure
+    return PROBLEM_EXIT if state["problems"] else 0
+
+
+PROBLEM_EXIT = 3
 
 
 def _autoscale_status(config: Any) -> dict[str, Any]:
@@ -136,15 +164,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down = subparsers.add_parser(
         "down",
         help="stop the dashboard, every replica (gracefully) and nginx",
-        description="Stop everything `up` started, by PID, and remove the pid files.",
+        description="Stop everything `up` started, by PID, and remove the pid files. A running action (scale,"
+        " drain, restart) is waited for up to --wait seconds; then `down` refuses (busy) unless --force.",
     )
+    down.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                      help="how long to wait for a running scale/drain/restart to finish (default 30)")
+    down.add_argument("--force", action="store_true",
+                      help="stop the fleet even while an action runs (that action fails; audited)")
     down.add_argument("-v", "--verbose", action="store_true", help="log every step")
     down.set_defaults(handler=_down)
 
     status = subparsers.add_parser(
         "status",
         help="show replicas, their health, nginx and the dashboard",
-        description="Probe every replica's health endpoint and report what runs.",
+        description="Probe every replica's health endpoint and report what runs, fleetdeck's own processes"
+        " included. Exits 3 when one that should run does not (a killed collector, nginx workers left without"
+        " their master).",
     )
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
     status.add_argument("-v", "--verbose", action="store_true", help="log every step")

@@ -38,6 +38,7 @@ from collectors.nginx import NginxCollector
 from collectors.postgres import PostgresCollector
 from collectors.redis_info import RedisInfoCollector
 from collectors.runner import Runner
+from collectors.self_health import BufferedWriter
 from core.config import FleetConfig
 from core.samples import Sample
 
@@ -147,9 +148,12 @@ class CollectorScheduler:
         collectors: Sequence[Any] | None = None,
         intervals: dict[str, float] | None = None,
         max_threads: int = 16,
+        kind: str = "embedded",
     ) -> None:
         self.config = config
         self.store = store
+        # failed writes wait in a bounded backlog; a heartbeat file reports on the collector (self_health.py)
+        self.writer = BufferedWriter(store, config.state_path, kind)
         self.collectors = list(collectors) if collectors is not None else build_collectors(config, store)
         self.intervals = intervals or {}
         self.timeout_s = config.collectors.timeout_s
@@ -304,20 +308,17 @@ class CollectorScheduler:
                 batch.extend(self.pending.get_nowait())
             except queue.Empty:
                 break
-        if not batch:
-            return 0
-        batch.extend(self.alerts.evaluate(batch))
-        self.exporter.update(batch)
+        if batch:
+            batch.extend(self.alerts.evaluate(batch))
+            self.exporter.update(batch)
+        # also with an empty batch: retries the backlog (samples the store refused earlier) and refreshes the
+        # heartbeat (collectors/self_health.py)
         started = time.perf_counter()
-        try:
-            written = int(self.store.write_samples(batch))
-        except Exception as error:  # a store hiccup loses one batch, not the collector
-            log.error("writing %d samples: %s", len(batch), error)
-            self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=False)
-            return 0
-        self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=True)
+        written = self.writer.write(batch)
+        if batch or written or self.writer.backlog:
+            self.exporter.record_flush(time.perf_counter() - started, len(batch), ok=self.writer.last_error is None)
         self.written += written
-        if self.notifier is not None:
+        if self.notifier is not None and batch:
             try:
                 self.notifier.observe(batch)
             except Exception as error:  # the store refused: the next evaluation of the rule reports it again

@@ -23,6 +23,14 @@ from pathlib import Path
 
 from actions.backends.base import DOWN, UP, UPSTREAM_STATES, ApplyResult, BackendError, NginxError, UpstreamServer
 from core.config import FleetConfig, LoadBalancerConfig
+from core.nginx_procs import (
+    MASTER,
+    NginxProcess,
+    describe,
+    orphaned_workers,
+    own_nginx_processes,
+    stop_orphaned_workers,
+)
 from core.process import ProcessControlError, http_get, pid_alive, proc_cmdline, terminate
 from core.store import Store
 
@@ -249,8 +257,40 @@ class ManagedNginx:
             return None
         argv = proc_cmdline(pid) if pid_alive(pid) else None
         if not argv or "nginx" not in " ".join(argv) or str(self.prefix) not in " ".join(argv):
-            return None
+            return self._adopt_master()
         return pid
+
+    def _adopt_master(self) -> int | None:
+        """A live master of ours whose pid file is missing or stale (e.g. deleted by hand): adopt it."""
+        masters = [p.pid for p in self.processes() if p.role == MASTER] if self.prefix.exists() else []
+        if len(masters) != 1:
+            return None
+        with contextlib.suppress(OSError):
+            self._write_atomic(self.pid_path, f"{masters[0]}\n")
+            log.warning("adopted nginx master %s (its pid file was missing or stale)", masters[0])
+        return masters[0]
+
+    def processes(self) -> list[NginxProcess]:
+        """Our nginx processes as /proc shows them, orphaned workers included (actions/nginx_procs.py)."""
+        return own_nginx_processes(self.prefix, self.conf_path)
+
+    def process_state(self) -> dict[str, object]:
+        """running | orphaned (master gone, workers still serving) | stopped, with the pids."""
+        return describe(self.processes())
+
+    def stop_orphans(self) -> list[int]:
+        """Stop workers left behind by a killed master, gracefully; the pids stopped."""
+        orphans = orphaned_workers(self.processes())
+        if orphans:
+            log.warning("stopping %d orphaned nginx worker(s) of a killed master: %s",
+                        len(orphans), [o.pid for o in orphans])
+            stop_orphaned_workers(orphans, self.lb.worker_shutdown_timeout_s + 2)
+        return [o.pid for o in orphans]
+
+    def forget_servers(self) -> None:
+        """Record that no server is known any more (every replica was stopped); the generation is kept."""
+        with self._apply_lock():
+            self._write_state(self.generation(), [])
 
     def is_running(self) -> bool:
         return self.master_pid() is not None
@@ -288,6 +328,8 @@ class ManagedNginx:
         if not self.conf_path.exists():
             raise NginxError(f"{self.conf_path} does not exist yet: apply a configuration first")
         self._prepare_dirs()
+        # workers of a killed master still hold the listen port: replace them (they finish their requests first)
+        self.stop_orphans()
         result = self._nginx()
         if result.returncode != 0:
             raise NginxError(f"nginx failed to start: {(result.stderr or result.stdout).strip()}")
@@ -311,7 +353,7 @@ class ManagedNginx:
         """SIGQUIT (graceful: in-flight requests finish), then SIGTERM/SIGKILL; False when it was not running."""
         pid = self.master_pid()
         if pid is None:
-            return False
+            return bool(self.stop_orphans())
         workers = self._children_of(pid)
         grace = self.lb.worker_shutdown_timeout_s + 2 if timeout_s is None else timeout_s
         try:
@@ -324,6 +366,7 @@ class ManagedNginx:
             raise BackendError(str(error)) from None
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
+        self.stop_orphans()  # left over by an earlier killed master
         log.info("nginx master %s stopped (%s)", pid, outcome)
         return True
 
