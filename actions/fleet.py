@@ -514,7 +514,9 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
     problems = [f"{p['name']}{' pid ' + str(p['pid']) if p['pid'] else ''}: {p['state']} — {p['detail']}"
                 for p in processes if p["problem"]]
     heartbeat = collector["heartbeat"]
-    if heartbeat and heartbeat["problems"] and (config.dashboard.embedded_collector or standalone.pid()):
+    # the heartbeat counts only when it comes from the collector process running now (not an old file)
+    collecting_pid = board.pid() if config.dashboard.embedded_collector else standalone.pid()
+    if heartbeat and heartbeat["problems"] and collecting_pid and heartbeat.get("pid") == collecting_pid:
         problems.append(f"collector ({heartbeat.get('kind')}, pid {heartbeat.get('pid')}): "
                         + "; ".join(heartbeat["problems"]))
     return FleetStatus(

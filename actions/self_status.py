@@ -88,7 +88,11 @@ def collector_heartbeat(config: FleetConfig, now: float | None = None) -> dict[s
     now = time.time() if now is None else now
     age = now - float(health.get("ts") or 0)
     problems = []
-    if age > HEARTBEAT_STALE_S:
+    pid = health.get("pid")
+    alive = isinstance(pid, int) and pid_alive(pid)
+    if not alive:
+        problems.append(f"its process (pid {pid}) is gone")
+    elif age > HEARTBEAT_STALE_S:
         problems.append(f"no heartbeat for {age:.0f}s")
     if health.get("last_error"):
         problems.append(f"store writes failing: {health['last_error']}")
@@ -96,4 +100,4 @@ def collector_heartbeat(config: FleetConfig, now: float | None = None) -> dict[s
         problems.append(f"{health['buffered']} sample(s) buffered")
     if health.get("dropped_total"):
         problems.append(f"{health['dropped_total']} sample(s) dropped")
-    return {**health, "age_s": age, "problems": problems}
+    return {**health, "age_s": age, "alive": alive, "problems": problems}

@@ -74,6 +74,26 @@ class AlertEvaluator:
             firing = False
         return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=message if firing else "")
 
+    def _fault_rules(self, source: str, target: str, ts: float) -> list[Sample]:
+        """Faults told apart (docs/operations.md): a dependency check failing on an instance that answers, and
+        a managed nginx whose master is gone while its workers keep serving."""
+        out: list[Sample] = []
+        if source == "instance":
+            up = self.latest.get((source, target, "up"))
+            failing = self.latest.get((source, target, "failing_checks"))
+            health = self.latest.get((source, target, "health_status"))
+            if up is not None and failing is not None and health is not None:
+                firing = up.value == 1 and failing.value > 0 and health.text in ("warn", "fail")
+                out.append(self._fire("check_failing", target, firing,
+                                      f"{target} answers, but its check(s) {failing.text} fail: a dependency"
+                                      " outage, not an instance outage", ts))
+        if source == "nginx" and ":" in target and "/" not in target:
+            process = self.latest.get((source, target, "process_state"))
+            if process is not None:
+                out.append(self._fire("lb_master_gone", target, process.value != 0,
+                                      f"{target}: nginx {process.text}", ts))
+        return out
+
     def _rules(self, source: str, target: str, ts: float) -> list[Sample]:
         return [s for s in self._conditions(source, target, ts) if s is not None]
 
@@ -86,6 +106,7 @@ class AlertEvaluator:
             rule = "instance_down" if source == "instance" else "target_down"
             subject = target if source == "instance" or ":" in target else f"{source}:{target}"
             out.append(self._fire(rule, subject, up.value == 0, f"{target} is down: {up.text or 'no answer'}", ts))
+        out.extend(self._fault_rules(source, target, ts))
         if source == "bullmq" and "/" in target:
             waiting = value(source, target, "waiting") or 0
             workers = value(source, target, "workers")

@@ -37,6 +37,7 @@ REGISTRY = MetricRegistry(
         LATENCY,
         MetricSpec("http_status", "", "HTTP status of /health"),
         MetricSpec("health_status", "", "0 pass, 1 warn, 2 fail, 3 draining (text = word)"),
+        MetricSpec("failing_checks", "count", "health checks not passing (text = their names, worst first)"),
         MetricSpec("uptime_s", "s", "process uptime reported by the health body"),
         MetricSpec("memory_rss_bytes", "bytes", "resident memory (health body or /metrics)"),
         MetricSpec("cpu_seconds_total", "s", "process CPU seconds (from /metrics)"),
@@ -236,6 +237,16 @@ def normalise_health(status_code: int, content_type: str | None, body: str | byt
     )
 
 
+FAILING_TEXT_LIMIT = 300
+
+
+def failing_checks(checks: dict[str, str]) -> list[str]:
+    """Names of the checks that fail, then those that warn (bounded: names come from the instance)."""
+    order = {"fail": 0, "warn": 1}
+    bad = [(order[word], name[:100]) for name, word in checks.items() if word in order]
+    return [name for _, name in sorted(bad)][:20]
+
+
 class PromReading(NamedTuple):
     rss_bytes: float | None
     cpu_seconds_total: float | None
@@ -373,13 +384,16 @@ class InstanceCollector:
         reading = normalise_health(status_code, response.headers.get("content-type"), response.body)
         key = target.key
         status = reading.status
-        up_error = None if status != "fail" else f"health {status} (HTTP {status_code})"
+        # `up` is reachability: the instance answered. A failing health check is a different fault (often a
+        # dependency's), recorded in health_status and failing_checks — never as "no answer" (docs/operations.md).
+        failing = failing_checks(reading.checks)
         sample = REGISTRY.sample
         out = [
-            sample(key, "up", 0 if up_error else 1, ts, text=up_error),
+            sample(key, "up", 1, ts),
             sample(key, "latency_ms", latency_ms, ts),
             sample(key, "http_status", status_code, ts),
             sample(key, "health_status", HEALTH_CODES[status], ts, text=status),
+            sample(key, "failing_checks", len(failing), ts, text=", ".join(failing)[:FAILING_TEXT_LIMIT] or None),
             sample(key, "health_raw", 1, ts, text=reading.raw),
         ]
         if reading.version is not None:

@@ -26,6 +26,7 @@ import aiohttp
 
 from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
 from core.config import FleetConfig
+from core.nginx_procs import describe, own_nginx_processes
 from core.samples import Sample
 
 SOURCE = "nginx"
@@ -51,6 +52,8 @@ REGISTRY = MetricRegistry(
         MetricSpec("upstream_p95_ms", "ms", "95th percentile $upstream_response_time"),
         MetricSpec("failed_attempts", "count", "attempts on this server that nginx retried elsewhere, this tick"),
         MetricSpec("server_state", "", "0 up, 1 draining, 2 down (text = word)"),
+        MetricSpec("process_state", "", "managed nginx: 0 running, 1 orphaned (master gone, workers serving),"
+                   " 2 stopped (text = description)"),
     ],
 )
 
@@ -239,6 +242,7 @@ class NginxTarget(NamedTuple):
     upstream_json: str | None
     plus_api_url: str | None
     timeout_s: float
+    managed_prefix: str | None = None  # the managed nginx's prefix: its processes are checked in /proc
 
 
 def targets_from_config(config: FleetConfig) -> list[NginxTarget]:
@@ -255,8 +259,27 @@ def targets_from_config(config: FleetConfig) -> list[NginxTarget]:
             str(nginx_dir / "upstream.json"),
             lb.plus_api_url,
             config.collectors.timeout_s,
+            str(nginx_dir) if lb.mode == "managed" else None,
         )
     ]
+
+
+PROCESS_STATE_CODES = {"running": 0, "orphaned": 1, "stopped": 2}
+
+
+def process_state_sample(key: str, prefix: str, ts: float) -> Sample:
+    """The managed nginx's real process state: stub_status alone answers just as well from orphaned workers."""
+    root = Path(prefix)
+    state = describe(own_nginx_processes(root, root / "nginx.conf"))
+    word = str(state["state"])
+    if word == "orphaned":
+        text = (f"orphaned: master gone, worker(s) {', '.join(map(str, state['orphaned_workers']))} still serving"
+                " the last configuration; `fleetdeck up` replaces them")
+    elif word == "running":
+        text = f"running: master {state['masters'][0]}"
+    else:
+        text = "stopped"
+    return REGISTRY.sample(key, "process_state", PROCESS_STATE_CODES[word], ts, text=text)
 
 
 def plus_upstreams_url(base: str) -> str:
@@ -333,7 +356,8 @@ class NginxCollector:
         else:
             per_server = await self._from_log(target, ts)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return [sample(key, "up", 1, ts), sample(key, "latency_ms", latency_ms, ts), *totals, *per_server]
+        process = [process_state_sample(key, target.managed_prefix, ts)] if target.managed_prefix else []
+        return [sample(key, "up", 1, ts), sample(key, "latency_ms", latency_ms, ts), *totals, *process, *per_server]
 
     async def _from_log(self, target: NginxTarget, ts: float) -> list[Sample]:
         states = read_upstream_states(Path(target.upstream_json)) if target.upstream_json else {}

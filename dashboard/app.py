@@ -12,7 +12,7 @@ import streamlit as st
 
 # `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the repository root: the packages come from
 # the editable install (`make venv`).
-from dashboard import auth_gate, ui
+from dashboard import auth_gate, fault_panels, ui
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 
@@ -44,6 +44,8 @@ def main() -> None:
     auth_gate.sidebar_identity(config)
     ui.sidebar_controls()
     ui.start_embedded_collectors()
+    # fleetdeck's own health on every page, refreshed with the live panels (dashboard/fault_panels.py)
+    ui.live(fault_panels.render_self_health)(config)
     page.run()
 
 

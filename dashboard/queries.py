@@ -300,7 +300,7 @@ def instances_table(store: Store, now: float, window: Window, stale_after_s: flo
             "instance": target,
             "status": status,
             # the last /health answer predates the failure: "pass" next to DOWN would contradict the status
-            "health": "no answer" if status == "DOWN" else health_word,
+            "health": "no answer" if status == "DOWN" else _with_failing_checks(health_word, metrics),
             "latency_ms": value_of(metrics, "latency_ms"),
             "memory_mb": None if memory is None else memory / 1e6,
             "cpu_percent": value_of(metrics, "cpu_percent"),
@@ -319,6 +319,14 @@ def instances_table(store: Store, now: float, window: Window, stale_after_s: flo
         frame = frame.sort_values(["_bad", "instance"], ascending=[False, True]).drop(columns="_bad")
         frame = frame.reset_index(drop=True)
     return frame
+
+
+def _with_failing_checks(word: str | None, metrics: dict[str, Latest]) -> str | None:
+    """"warn: redis:responseTime" — which check fails tells a dependency outage from an instance outage."""
+    failing = metrics.get("failing_checks")
+    if word and failing is not None and failing.value > 0 and failing.text:
+        return f"{word}: {failing.text[:120]}"
+    return word
 
 
 @dataclass

@@ -17,7 +17,7 @@ import streamlit as st
 
 from core.config import ConfigError, FleetConfig, config_path, load_config
 from core.store import Event, Store, TargetStatus
-from dashboard import figures, queries, ranges
+from dashboard import fault_panels, figures, queries, ranges
 from dashboard.queries import Chart, Tile
 from dashboard.store_cache import CachedStore
 
@@ -162,7 +162,8 @@ def freshness(store_: Store, source: str, now: float, stale_after_s: float) -> N
     newest = queries.source_newest_ts(store_, source)
     text = ranges.freshness(newest, now)
     if newest is not None and now - newest > stale_after_s:
-        st.warning(f"{text}: {source} collection looks stalled.", icon=":material/schedule:")
+        reason = fault_panels.stall_reason(fleet_config(), now)
+        st.warning(f"{text}: {source} collection looks stalled: {reason}.", icon=":material/schedule:")
     else:
         st.caption(text)
 
@@ -182,7 +183,8 @@ def freshness_by_source(store_: Store, config: FleetConfig, sources: Sequence[st
         return
     st.caption("Data as of: " + " · ".join(parts))
     if stalled:
-        st.warning(f"Collection looks stalled for: {', '.join(stalled)}.", icon=":material/schedule:")
+        st.warning(f"Collection looks stalled for: {', '.join(stalled)}: {fault_panels.stall_reason(config, now)}.",
+                   icon=":material/schedule:")
 
 
 def unreachable(statuses: Sequence[TargetStatus], now: float) -> None:

@@ -1,8 +1,9 @@
 """Fault injection for the fault tests: a TCP proxy that can be cut and restored.
 
 The proxy sits between a client (the sample app, fleetdeck's store) and a real server (Postgres, Redis).
-`cut()` closes every open connection and stops listening, so clients see exactly what a dead network path or
-a crashed server looks like (connection refused / reset); `restore()` listens again on the same port.
+`cut()` closes every open connection and stops listening, so clients see exactly what a crashed server looks
+like (connection refused / reset); `freeze()` keeps every connection open but forwards nothing, like a network
+path that silently drops packets (the client waits until its own timeout); `restore()` undoes either.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._frozen = threading.Event()
         self._listen()
 
     def _listen(self) -> None:
@@ -63,6 +65,8 @@ class TcpProxy:
                 readable, _, _ = select.select([a, b], [], [], 0.5)
                 if self._stopped.is_set() and a not in self._sockets:
                     return
+                if self._frozen.is_set():
+                    continue  # hold the bytes: nothing passes while frozen
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
@@ -93,7 +97,12 @@ class TcpProxy:
         self._close(*open_now)
         time.sleep(0.3)  # the accept loop notices within its 0.2 s timeout
 
+    def freeze(self) -> None:
+        """Keep connections (and accept new ones) but forward nothing."""
+        self._frozen.set()
+
     def restore(self) -> None:
+        self._frozen.clear()
         if self._listener is None:
             self._listen()
 

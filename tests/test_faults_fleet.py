@@ -3,6 +3,7 @@ drain waits on a slow request. Real CLI, sample app, nginx, Postgres and Redis."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,15 +17,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from streamlit.testing.v1 import AppTest
 
 from actions.backends.nginx import ManagedNginx
+from collectors.alerts import AlertEvaluator
+from collectors.nginx import NginxCollector
 from core.config import load_config
 from core.nginx_procs import own_nginx_processes
-from core.process import pid_alive, port_is_free
+from core.process import pid_alive, port_is_free, process_matches
+from core.samples import Sample
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block
 
 FLEETDECK_SCRIPT = os.path.join(REPO_ROOT, "fleetdeck")
+DASHBOARD_APP = Path(REPO_ROOT) / "dashboard" / "app.py"
 DEADLINE_S = 30.0
 
 
@@ -68,6 +74,18 @@ def wait_for(condition: object, what: str, timeout_s: float = DEADLINE_S) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def collect_nginx(config_file: Path) -> list[Sample]:
+    collector = NginxCollector(load_config(config_file))
+
+    async def once() -> list[Sample]:
+        try:
+            return await collector.collect(collector.targets()[0])
+        finally:
+            await collector.aclose()
+
+    return asyncio.run(once())
+
+
 def nginx_of(config_file: Path) -> ManagedNginx:
     return ManagedNginx(load_config(config_file))
 
@@ -90,10 +108,14 @@ def teardown() -> Iterator[list[Path]]:
         nginx = nginx_of(config)
         for process in own_nginx_processes(nginx.prefix, nginx.conf_path):  # identified one by one, by pid
             os.kill(process.pid, signal.SIGKILL)
+        for replica in Store(load_config(config).store_url).replicas():
+            if process_matches(replica.pid, str(replica.port), replica.instance_id):
+                os.kill(replica.pid, signal.SIGKILL)  # type: ignore[arg-type]
 
 
 def test_killed_nginx_master_and_collector_are_reported_and_replaced(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, teardown: list[Path]
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, teardown: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config_file = write_fleet(tmp_path, pg_dsn, redis_url, redis_prefix, standalone_collector=True)
     teardown.append(config_file)
@@ -124,6 +146,24 @@ def test_killed_nginx_master_and_collector_are_reported_and_replaced(
     assert state["nginx"]["process"]["state"] == "orphaned"
     assert sorted(state["nginx"]["process"]["orphaned_workers"]) == workers
     assert any("collector" in problem for problem in state["problems"])
+
+    # the collector records the real process state and the alert fires (stub_status alone still looks fine)
+    samples = collect_nginx(config_file)
+    process = next(s for s in samples if s.metric == "process_state")
+    assert process.value == 1 and "orphaned" in (process.text or ""), process
+    assert next(s for s in samples if s.metric == "up").value == 1  # it still answers: that is the trap
+    fired = {a.target: a for a in AlertEvaluator().evaluate(samples)}
+    assert fired["lb_master_gone/nginx:web"].value == 1
+
+    # the dashboard's Load balancer page says so, and every page says the collector is gone
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(config_file))
+    board = AppTest.from_file(str(DASHBOARD_APP), default_timeout=60)
+    board.run()
+    board.switch_page("app_pages/load_balancer.py").run()
+    assert not board.exception, [e.value for e in board.exception]
+    errors = "\n".join(str(e.value) for e in board.error)
+    assert "nginx master is gone" in errors and str(workers[0]) in errors, errors
+    assert "collector (standalone" in errors and "is not running" in errors, errors
 
     # `up` replaces the orphans with a new master and restarts the collector
     repaired = fleetdeck(config_file, "up", "--no-dashboard")

@@ -340,15 +340,24 @@ async def health(request: web.Request) -> web.Response:
         timed_check("postgres", "datastore", postgres_ping(state), settings.check_timeout_s),
         timed_check("redis", "datastore", state.redis.ping(), settings.check_timeout_s),
     )
-    failed = pg_check["status"] == "fail" or redis_check["status"] == "fail"
-    if failed:
+    # Liveness, readiness and dependencies are separate answers (like Kubernetes' liveness/readiness probes):
+    # a ready instance that loses Redis or Postgres is still alive and still serves what it can, so it reports
+    # `warn` with the failing check named, not `fail` — restarting it would not bring the dependency back.
+    # `fail` (HTTP 503) is for an instance that cannot do its job on its own account: it never became ready.
+    dependencies = "fail" if "fail" in (pg_check["status"], redis_check["status"]) else "pass"
+    readiness = "pass" if state.ready and not state.draining else "fail"
+    if dependencies == "fail" and not state.ready and not state.draining:
         status = "fail"
-    elif state.draining or not state.ready:
+    elif dependencies == "fail" or state.draining or not state.ready:
         status = "warn"  # IETF: warn is healthy but degraded; HTTP stays 200 so the body is still read
     else:
         status = "pass"
+    failed = status == "fail"
     body = {
         "status": status,
+        "liveness": "pass",  # this process answers: what /livez says
+        "readiness": readiness,  # what /readyz says: not starting, not draining
+        "dependencies": dependencies,  # the worst of `checks`
         "version": settings.version,
         "releaseId": settings.version,
         "serviceId": settings.service_name,
@@ -464,7 +473,15 @@ async def login(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     state = state_of(request)
     sid = session_id_of(request)
-    session = await load_session(state, sid) if sid else None
+    try:
+        # bounded: a session store that silently stopped answering must not hold the request for ever
+        session = await asyncio.wait_for(load_session(state, sid), state.settings.pool_timeout_s) if sid else None
+    except (TimeoutError, psycopg.Error, PoolTimeout, redis.exceptions.RedisError) as exc:
+        # "cannot tell right now", not "logged out": a 401 would make clients drop a perfectly valid session
+        log(f"error GET /api/me: session store unavailable: {type(exc).__name__}: {exc}")
+        response = json_error(503, f"session store unavailable: {type(exc).__name__}")
+        response.headers["Retry-After"] = "5"
+        return response
     if session is None:
         return json_error(401, "not logged in")
     return web.json_response(

@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from dashboard import queries, ranges, ui
+from dashboard import fault_panels, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions
 
 config = ui.fleet_config()
@@ -20,6 +20,8 @@ def servers_panel() -> None:
     data = ui.panel_data(store)
     ui.freshness(store, "nginx", data.now, ui.stale_after(config, "nginx"))
     ui.unreachable(queries.unreachable(store, "nginx"), data.now)
+    fault_panels.render_lb_process(store, config)
+    fault_panels.render_outage_summary(store, ui.stale_after(config, "instance"))
     totals = queries.lb_totals(store)
     servers = queries.lb_servers_table(store, data.now, data.window)
     if not totals and servers.empty:
