@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from actions.backends.base import FleetdeckActionError
+from actions.fleet_locks import FleetBusy
 from core.config import config_path, load_config
 
 
@@ -50,6 +51,9 @@ def _down(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
         fleet.down(config, progress=_progress, wait_s=args.wait, force=args.force)
+    except FleetBusy as error:
+        print(f"fleetdeck down: refused: {error}", file=sys.stderr)
+        return 3  # refused, like every action that finds its service busy
     except FleetdeckActionError as error:
         print(f"fleetdeck down: {error}", file=sys.stderr)
         return 1

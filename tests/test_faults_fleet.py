@@ -220,7 +220,7 @@ def test_down_respects_a_running_drain_and_a_forced_down_fails_it(
 
         # `down` waits within its bound, then refuses and changes nothing
         refused = fleetdeck(config_file, "down", "--wait", "1")
-        assert refused.returncode != 0, refused.stdout + refused.stderr
+        assert refused.returncode == 3, refused.stdout + refused.stderr
         assert "busy: web: drain by" in refused.stderr
         assert pid_alive(web1.pid) and nginx_of(config_file).is_running()
         assert any(e.action == "down" and e.result == "refused" for e in store.audit())
