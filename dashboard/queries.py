@@ -208,7 +208,8 @@ def overview_tiles(store: Store, stale_after_s: float = DEFAULT_STALE_AFTER_S) -
     error_share = (errors / rps) if errors is not None and rps else None
     return [
         Tile("Instances up", f"{up_count} / {total}" if total else "—", float(up_count) if total else None,
-             "instances whose last health check passed / instances seen recently", bad=up_count < total),
+             "instances that answered their health endpoint / instances seen recently; a failing check"
+             " (often a dependency's) is named in the outage line above, not counted here", bad=up_count < total),
         Tile("Requests/s", fmt(rps, ".1f"), rps, "nginx: requests per second (all load balancers)"),
         Tile("5xx/s", fmt(errors, ".2f") + (f" ({error_share:.1%})" if error_share is not None else ""), errors,
              "upstream responses with status 5xx per second, and their share of requests", bad=bool(errors)),
