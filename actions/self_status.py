@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collectors.self_health import read_health
 from core.config import FleetConfig
+from core.heartbeat import read_health
 from core.process import pid_alive
 from core.store import Store
 

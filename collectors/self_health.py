@@ -19,19 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.heartbeat import health_path
 from core.samples import Sample
 
 log = logging.getLogger(__name__)
 
-HEALTH_FILE = "collector-health.json"
 # ~ 10 minutes of a 100-replica fleet's samples; a Sample is a small tuple (a few hundred bytes)
 MAX_BACKLOG_SAMPLES = 200_000
 WRITE_CHUNK = 20_000
 ERROR_TEXT_LIMIT = 500
-
-
-def health_path(state_dir: Path) -> Path:
-    return state_dir / HEALTH_FILE
 
 
 class BufferedWriter:
@@ -110,13 +106,3 @@ class BufferedWriter:
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
             tmp.write_text(json.dumps(self.snapshot()))
             os.replace(tmp, self.path)
-
-
-def read_health(state_dir: Path) -> dict[str, Any] | None:
-    """The last heartbeat, None when no collector ever wrote one (or it is unreadable)."""
-    try:
-        raw = health_path(state_dir).read_text()[:10_000]
-        data = json.loads(raw)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

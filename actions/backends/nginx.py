@@ -271,7 +271,7 @@ class ManagedNginx:
         return masters[0]
 
     def processes(self) -> list[NginxProcess]:
-        """Our nginx processes as /proc shows them, orphaned workers included (actions/nginx_procs.py)."""
+        """Our nginx processes as /proc shows them, orphaned workers included (core/nginx_procs.py)."""
         return own_nginx_processes(self.prefix, self.conf_path)
 
     def process_state(self) -> dict[str, object]:
@@ -284,7 +284,10 @@ class ManagedNginx:
         if orphans:
             log.warning("stopping %d orphaned nginx worker(s) of a killed master: %s",
                         len(orphans), [o.pid for o in orphans])
-            stop_orphaned_workers(orphans, self.lb.worker_shutdown_timeout_s + 2)
+            try:
+                stop_orphaned_workers(orphans, self.lb.worker_shutdown_timeout_s + 2)
+            except ProcessControlError as error:
+                raise BackendError(str(error)) from None
         return [o.pid for o in orphans]
 
     def forget_servers(self) -> None:
