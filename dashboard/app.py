@@ -44,8 +44,9 @@ def main() -> None:
     auth_gate.sidebar_identity(config)
     ui.sidebar_controls()
     ui.start_embedded_collectors()
-    # fleetdeck's own health on every page, refreshed with the live panels (dashboard/fault_panels.py)
-    ui.live(fault_panels.render_self_health)(config)
+    # on every page, refreshed with the live panels: fleetdeck's own collector/store health, then dependency vs
+    # instance outage (dashboard/fault_panels.py)
+    ui.live(fault_panels.render_fleet_faults)(config, ui.store(), ui.stale_after(config, "instance"))
     page.run()
 
 

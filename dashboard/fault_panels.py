@@ -71,6 +71,12 @@ def render_self_health(config: FleetConfig) -> None:
             st.caption(text)
 
 
+def render_fleet_faults(config: FleetConfig, store: Store, stale_after_s: float) -> None:
+    """Above every page: fleetdeck's own health, then which kind of outage the fleet has (if any)."""
+    render_self_health(config)
+    render_outage_summary(store, stale_after_s)
+
+
 def render_outage_summary(store: Store, stale_after_s: float) -> None:
     """Dependency outage vs instance outage vs stale data, in one line each (nothing when all is well)."""
     try:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from collectors.instances import InstanceCollector, InstanceTarget
 from core.store import Store
 from dashboard import outage
+from tests.support import REPO_ROOT
 from tests.support_faults import TcpProxy
 from tests.test_sampleapp import Launcher, call, launch, post_json  # noqa: F401  (launch is a fixture)
+
+DASHBOARD_APP = Path(REPO_ROOT) / "dashboard" / "app.py"
 
 
 def through(url: str, proxy: TcpProxy) -> str:
@@ -105,8 +110,9 @@ def test_dependency_outage_is_told_apart_from_an_instance_outage(
     wait_until(lambda: call("GET", f"{app.base}/api/me", headers=cookie).status == 200, "postgres to be back")
 
 
-def test_outage_summary_names_the_kind_of_outage(tmp_path: object) -> None:
-    """The dashboard's words for each case, from samples as the collectors write them (real SQLite store)."""
+def test_outage_summary_names_the_kind_of_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's words for each case, from samples as the collectors write them (real SQLite store), on
+    every page."""
     from collectors.instances import REGISTRY as INSTANCE
     from collectors.nginx import REGISTRY as NGINX
 
@@ -129,3 +135,20 @@ def test_outage_summary_names_the_kind_of_outage(tmp_path: object) -> None:
     assert by_instance["web/web-3"].kind == outage.UNREACHABLE
     assert any("redis:responseTime" in line and "dependency" in line for line in summary.headlines)
     assert any("web/web-3" in line and "no answer" in line for line in summary.headlines)
+
+    config = tmp_path / "fleet.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'run'}\nstore: {{url: 'sqlite:///{tmp_path}/store.db'}}\n"
+        "services: [{name: web, command: 'true {port} {instance_id}', ports: {start: 20000, end: 20010}}]\n"
+        "dashboard: {embedded_collector: false}\n"
+    )
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(config))
+    app = AppTest.from_file(str(DASHBOARD_APP), default_timeout=60)
+    app.run()
+    for page in ("overview", "instances", "queues", "audit"):
+        app.switch_page(f"app_pages/{page}.py").run()
+        assert not app.exception, [e.value for e in app.exception]
+        warnings = "\n".join(str(e.value) for e in app.warning)
+        errors = "\n".join(str(e.value) for e in app.error)
+        assert "Dependency outage: redis:responseTime failing on 2/3 instance(s)" in warnings, (page, warnings)
+        assert "Instance outage: web/web-3" in errors, (page, errors)

@@ -19,7 +19,9 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
+from actions.backends.base import Replica, UpstreamServer
 from actions.backends.nginx import ManagedNginx
+from actions.fleet import desired_upstream
 from collectors.alerts import AlertEvaluator
 from collectors.nginx import NginxCollector
 from core.config import load_config
@@ -256,3 +258,24 @@ def _in_flight(host: str, port: int) -> int:
             return int(json.loads(response.read()).get("inFlight", 0))
     except (OSError, ValueError):
         return 0
+
+
+def test_a_drained_flag_does_not_outlive_its_replica(tmp_path: Path, pg_dsn: str, redis_url: str,
+                                                      redis_prefix: str) -> None:
+    """A replica that died while drained and was started again on the same address starts in rotation, said."""
+    config_file = write_fleet(tmp_path, pg_dsn, redis_url, redis_prefix, standalone_collector=False)
+    nginx = nginx_of(config_file)
+    drained_at = time.time()
+    nginx._write_state(4, [UpstreamServer("127.0.0.1:9101", "down", "web-1"),
+                           UpstreamServer("127.0.0.1:9102", "up", "web-2")])
+
+    def replica(instance_id: str, port: int, started_at: float) -> Replica:
+        return Replica("web", instance_id, "127.0.0.1", port, 1, "running", started_at, "1")
+
+    said: list[str] = []
+    same_process = [replica("web-1", 9101, drained_at - 60), replica("web-2", 9102, drained_at - 60)]
+    assert [s.state for s in desired_upstream(nginx, same_process, said.append)] == ["down", "up"]
+    assert said == []
+    restarted = [replica("web-1", 9101, drained_at + 5), replica("web-2", 9102, drained_at - 60)]
+    assert [s.state for s in desired_upstream(nginx, restarted, said.append)] == ["up", "up"]
+    assert said and "web-1 is a new replica" in said[0]

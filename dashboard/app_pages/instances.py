@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from actions.autoscale import advice_lines
-from dashboard import fault_panels, queries, ranges, ui
+from dashboard import queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions, render_service_actions
 
 config = ui.fleet_config()
@@ -21,7 +21,6 @@ def instances_panel() -> None:
     data = ui.panel_data(store)
     stale = ui.stale_after(config, "instance")
     ui.freshness(store, "instance", data.now, stale)
-    fault_panels.render_outage_summary(store, ui.stale_after(config, "instance"))
     frame = queries.instances_table(store, data.now, data.window, stale)
     if frame.empty:
         ui.no_data("instance")

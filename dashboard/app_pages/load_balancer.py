@@ -21,7 +21,6 @@ def servers_panel() -> None:
     ui.freshness(store, "nginx", data.now, ui.stale_after(config, "nginx"))
     ui.unreachable(queries.unreachable(store, "nginx"), data.now)
     fault_panels.render_lb_process(store, config)
-    fault_panels.render_outage_summary(store, ui.stale_after(config, "instance"))
     totals = queries.lb_totals(store)
     servers = queries.lb_servers_table(store, data.now, data.window)
     if not totals and servers.empty:

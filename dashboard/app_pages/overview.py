@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import fault_panels, queries, ui
+from dashboard import queries, ui
 
 config = ui.fleet_config()
 store = ui.store()
@@ -18,7 +18,6 @@ st.title("Overview")
 def overview_panel() -> None:
     data = ui.panel_data(store)
     ui.freshness_by_source(store, config, SOURCES, data.now)
-    fault_panels.render_outage_summary(store, ui.stale_after(config, "instance"))
     for source in SOURCES:
         ui.unreachable(queries.unreachable(store, source), data.now)
     if not store.find_series(source="instance") and not store.find_series(source="nginx"):
