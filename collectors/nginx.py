@@ -356,7 +356,9 @@ class NginxCollector:
         else:
             per_server = await self._from_log(target, ts)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        process = [process_state_sample(key, target.managed_prefix, ts)] if target.managed_prefix else []
+        process = []
+        if target.managed_prefix:  # a /proc scan (tens of ms on a busy host): off the shared event loop
+            process = [await asyncio.to_thread(process_state_sample, key, target.managed_prefix, ts)]
         return [sample(key, "up", 1, ts), sample(key, "latency_ms", latency_ms, ts), *totals, *process, *per_server]
 
     async def _from_log(self, target: NginxTarget, ts: float) -> list[Sample]:
