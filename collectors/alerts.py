@@ -74,10 +74,10 @@ class AlertEvaluator:
             firing = False
         return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=message if firing else "")
 
-    def _fault_rules(self, source: str, target: str, ts: float) -> list[Sample]:
+    def _fault_rules(self, source: str, target: str, ts: float) -> list[Sample | None]:
         """Faults told apart (docs/operations.md): a dependency check failing on an instance that answers, and
         a managed nginx whose master is gone while its workers keep serving."""
-        out: list[Sample] = []
+        out: list[Sample | None] = []
         if source == "instance":
             up = self.latest.get((source, target, "up"))
             failing = self.latest.get((source, target, "failing_checks"))

@@ -81,6 +81,10 @@ class AlertRules(_Strict):
     redis_evicting: CriticalRule = CriticalRule()
     db_headroom: HeadroomRule = HeadroomRule()
     lock_waiters: LockWaitersRule = LockWaitersRule()
+    # faults told apart (docs/operations.md): an instance that answers while a (dependency's) check fails, and a
+    # managed nginx whose master is gone while orphaned workers keep serving
+    check_failing: _Rule = _Rule()
+    lb_master_gone: CriticalRule = CriticalRule()
 
     def rule(self, name: str) -> _Rule:
         found = getattr(self, name, None)
