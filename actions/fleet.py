@@ -525,9 +525,27 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
     )
 
 
-def _own_processes(config: FleetConfig, store: Store, board: Dashboard, collector: StandaloneCollector,
+def status_without_store(config: FleetConfig, error: BaseException) -> dict[str, Any]:
+    """What `status` can still say when the store cannot be opened: fleetdeck's own processes and the collector's
+    heartbeat (it lives outside the store), plus the store's error as a problem."""
+    board, standalone = Dashboard(config), StandaloneCollector(config)
+    nginx_status: dict[str, Any] = {}
+    if config.load_balancer and config.load_balancer.mode == "managed":
+        nginx_status["process"] = ManagedNginx(config).process_state()
+    processes = _own_processes(config, None, board, standalone, nginx_status)
+    heartbeat = self_status.collector_heartbeat(config)
+    store_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+    problems = [f"store {config.store_url.split('@')[-1]}: cannot be opened — {store_error}"]
+    problems += [f"{p['name']}{' pid ' + str(p['pid']) if p['pid'] else ''}: {p['state']} — {p['detail']}"
+                 for p in processes if p["problem"]]
+    return {"ts": time.time(), "store_error": store_error, "processes": processes, "problems": problems,
+            "collector": {"embedded": config.dashboard.embedded_collector, "heartbeat": heartbeat}}
+
+
+def _own_processes(config: FleetConfig, store: Store | None, board: Dashboard, collector: StandaloneCollector,
                    nginx_status: dict[str, Any]) -> list[dict[str, Any]]:
-    expected = self_status.fleet_expected(store)
+    # without a store nothing says what `up` started: then only a dead pid file or orphaned workers are problems
+    expected = self_status.fleet_expected(store) if store is not None else None
     up = expected is not None
     processes = [self_status.background_entry(
         "dashboard", board.pid_path, board.pid(), up and bool(expected and expected.get("dashboard")),

@@ -124,6 +124,13 @@ def _status(args: argparse.Namespace) -> int:
     except FleetdeckActionError as error:
         print(f"fleetdeck status: {error}", file=sys.stderr)
         return 1
+    except Exception as error:  # the store cannot be opened (e.g. its Postgres is down): say what still can be said
+        fallback = fleet.status_without_store(config, error)
+        if args.json:
+            print(json.dumps(fallback, indent=2, default=str))
+        else:
+            _print_processes(fallback)
+        return PROBLEM_EXIT
     autoscale = _autoscale_status(config)
     if args.json:
         print(json.dumps({**dict(state), "autoscale": autoscale["records"]} if autoscale else state, indent=2,

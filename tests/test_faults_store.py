@@ -6,6 +6,8 @@ are counted; the heartbeat file tells `status` and the dashboard (every page) ab
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +20,7 @@ from collectors.scheduler import CollectorScheduler
 from core.config import parse_config
 from core.store import Store
 from dashboard.fault_panels import self_health_lines
+from tests.support import REPO_ROOT
 from tests.support_faults import TcpProxy
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -104,3 +107,19 @@ def test_samples_are_buffered_while_the_store_is_down_and_written_after(
     lines = self_health_lines(config, time.time())
     assert not any(level == "error" for level, _ in lines), lines
     assert any("10 sample(s) were dropped" in text for _, text in lines)  # the gap stays explained
+
+
+def test_status_still_reports_when_the_store_cannot_be_opened(tmp_path: Path, proxy: TcpProxy, pg_dsn: str) -> None:
+    """The store's Postgres is cut: `status` names the store as the problem (exit 3), no traceback."""
+    config_file = tmp_path / "fleet.yaml"
+    config_file.write_text(
+        f"state_dir: {tmp_path / 'run'}\nstore: {{url: '{store_url(through(pg_dsn, proxy))}'}}\n"
+        "services: [{name: web, command: 'true {port} {instance_id}', ports: {start: 20000, end: 20010}}]\n"
+    )
+    proxy.cut()
+    shown = subprocess.run([os.path.join(REPO_ROOT, "fleetdeck"), "--config", str(config_file), "status"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 3, shown.stdout + shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert "PROBLEM: store" in shown.stdout and "cannot be opened" in shown.stdout, shown.stdout
+    assert "fleetdeck processes:" in shown.stdout
