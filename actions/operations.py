@@ -352,7 +352,7 @@ class FleetActions:
             })
         generation = None
         balancer = self.balancer(service)
-        if balancer is not None and hasattr(balancer, "generation"):
+        if balancer is not None:
             generation = balancer.generation()
         return {"replicas": replicas, "count": len(replicas), "generation": generation,
                 "upstream": _servers_dicts(upstream)}
@@ -667,8 +667,7 @@ class FleetActions:
     def _old_nginx_workers(self, service: ServiceConfig) -> int:
         """nginx workers of an older generation still finishing requests (they may still hit the target)."""
         balancer = self.balancer(service)
-        counter = getattr(balancer, "old_generation_workers", None)  # an external nginx is not ours to inspect
-        return counter() if counter is not None else 0
+        return balancer.old_generation_workers() if balancer is not None else 0
 
     def undrain(self, principal: Any, instance: str, *, op_id: str | None = None) -> OperationResult:
         """Put a drained instance back in rotation (it must be healthy)."""
@@ -826,8 +825,7 @@ class FleetActions:
                 with contextlib.suppress(FleetdeckActionError):
                     orchestrator.stop(service, replica.instance_id, grace_s=2)
                     op.progress(f"stopped {replica.instance_id} (rolled back)", "rollback")
-            tail = getattr(error, "log_tail", "")
-            message = f"scale up failed: {error}" + (f"\n{tail}" if tail else "")
+            message = f"scale up failed: {error}" + (f"\n{error.log_tail}" if error.log_tail else "")
             return OperationResult(False, message, result=audit.FAILED, error=str(error))
         serving_s = time.monotonic() - started_at
         self.store.put_kv(f"desired:{service.name}", {"replicas": len(self._live(service)), "ts": time.time()})
@@ -835,16 +833,7 @@ class FleetActions:
                                after={"scale_up_s": round(serving_s, 3)}, result=audit.OK)
 
     def _wait_healthy(self, service: ServiceConfig, replica: Replica) -> Replica:
-        orchestrator = self.orchestrator(service)
-        waiter = getattr(orchestrator, "wait_healthy", None)
-        if waiter is not None:
-            return waiter(service, replica)  # type: ignore[no-any-return]
-        deadline = time.monotonic() + service.boot_timeout_s
-        while time.monotonic() < deadline:
-            if probe_health(replica, service).healthy:
-                return replica
-            time.sleep(0.2)
-        raise Refused(f"{replica.instance_id} did not become healthy within {service.boot_timeout_s:g}s")
+        return self.orchestrator(service).wait_healthy(service, replica)
 
     def _scale_down(self, op: audit.Operation, service: ServiceConfig, live: list[Replica],
                     count: int) -> OperationResult:

@@ -13,6 +13,7 @@ one clear message without a traceback):
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ UPSTREAM_STATES = frozenset({UP, DRAINING, DOWN})
 
 class FleetdeckActionError(Exception):
     """Base of every error an action raises; str(error) is the message shown to the operator."""
+
+    # The end of the affected replica's log when the backend has one to show (ReplicaUnhealthy); empty otherwise.
+    log_tail: str = ""
 
 
 class Refused(FleetdeckActionError):
@@ -90,13 +94,26 @@ class UpstreamServer(NamedTuple):
 
 @runtime_checkable
 class Orchestrator(Protocol):
-    def list(self, service: ServiceConfig) -> list[Replica]: ...
+    """Where a service's replicas run. Every backend implements all of it, so no caller probes for a method."""
+
+    def list(self, service: ServiceConfig) -> builtins.list[Replica]:
+        """Every replica the backend knows of, in any state (stopped and dead ones included)."""
+        ...
+
+    def live(self, service: ServiceConfig) -> builtins.list[Replica]:
+        """The replicas in a LIVE_STATES state."""
+        ...
 
     def start(self, service: ServiceConfig) -> Replica:
         """Start one new replica; returns once it is started (not yet healthy)."""
         ...
 
     def stop(self, service: ServiceConfig, instance_id: str, grace_s: float | None = None) -> Replica: ...
+
+    def wait_healthy(self, service: ServiceConfig, replica: Replica, timeout_s: float | None = None) -> Replica:
+        """Block until the replica answers its health check (bounded by `boot_timeout_s` unless `timeout_s`);
+        ReplicaUnhealthy (with the log tail) or Refused when it does not."""
+        ...
 
 
 @dataclass
@@ -135,6 +152,15 @@ class LoadBalancer(Protocol):
         ...
 
     def current(self) -> list[UpstreamServer]: ...
+
+    def generation(self) -> int:
+        """The configuration generation now recorded as applied (0 before the first apply)."""
+        ...
+
+    def old_generation_workers(self) -> int:
+        """Workers of an older generation still finishing requests after a reload; 0 when there is no way to see
+        them (an external nginx is not ours to inspect)."""
+        ...
 
 
 def new_op_id() -> str:
