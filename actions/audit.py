@@ -34,9 +34,14 @@ STARTED = "started"
 class PrincipalLike(Protocol):
     """What the audit needs of actions.auth.Principal (kept structural so this module has no auth import)."""
 
-    name: str
-    role: str
-    via: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def via(self) -> str: ...
 
 
 def op_key(op_id: str) -> str:

@@ -24,8 +24,7 @@ from typing import Any
 
 from actions import audit
 from actions.auth import PermissionDenied, require
-from actions.backends.base import new_op_id
-from actions.operations import OperationResult, Plan, format_busy
+from actions.operations import OperationResult, Plan, format_busy, new_op_id
 from collectors import bullmq_jobs
 from collectors.bullmq_scripts import Batcher, QueueClient, QueueRef, UnknownQueue, now_ms, parse_ref
 from core.config import FleetConfig

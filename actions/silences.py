@@ -13,7 +13,7 @@ from typing import Any
 
 from actions import audit
 from actions.auth import PermissionDenied, require
-from actions.backends.base import new_op_id
+from actions.operations import new_op_id
 from core.config_alerts import RULE_NAMES
 from core.notify.store import NotifyStore, Silence
 

@@ -14,11 +14,12 @@ import getpass
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.config import load_config
 
 if TYPE_CHECKING:
+    from actions.auth import Principal
     from actions.operations import FleetActions, OnTimeout, OperationResult, Plan
 
 EXIT_OK = 0
@@ -30,7 +31,7 @@ def _say(op_id: str, message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} [{op_id}] {message}", flush=True)
 
 
-def _actions(args: argparse.Namespace) -> tuple[FleetActions, object]:
+def _actions(args: argparse.Namespace) -> tuple[FleetActions, Principal]:
     from actions.auth import cli_principal
     from actions.fleet import open_store
     from actions.operations import FleetActions
@@ -75,14 +76,23 @@ def _dry_run(plan: Plan) -> int:
     return EXIT_OK if plan.allowed else EXIT_REFUSED
 
 
-def _scale(args: argparse.Namespace) -> int:
-    actions, principal = _actions(args)
-    plan = actions.plan_scale(args.service, args.replicas, principal)
+def _perform(args: argparse.Namespace, kind: str, target: str, params: dict[str, Any],
+             actions: tuple[FleetActions, Principal] | None = None, confirm: bool = True) -> int:
+    """The one path of every action verb: plan → --dry-run or typed confirmation → execute → exit code."""
+    from actions.operations import OPERATIONS
+
+    fleet_actions, principal = actions or _actions(args)
+    operation = OPERATIONS[kind]
+    plan = operation.plan(fleet_actions, target, params, principal)
     if args.dry_run:
         return _dry_run(plan)
-    if not _confirmed(args, plan):
+    if confirm and not _confirmed(args, plan):
         return EXIT_REFUSED
-    return _exit_code(actions.scale(principal, args.service, args.replicas))
+    return _exit_code(operation.execute(fleet_actions, principal, target, params))
+
+
+def _scale(args: argparse.Namespace) -> int:
+    return _perform(args, "scale", args.service, {"replicas": args.replicas})
 
 
 def _ask_on_timeout(situation: str) -> OnTimeout:
@@ -96,37 +106,16 @@ def _ask_on_timeout(situation: str) -> OnTimeout:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    actions, principal = _actions(args)
-    plan = actions.plan_drain(args.instance, principal)
-    if args.dry_run:
-        return _dry_run(plan)
-    if not _confirmed(args, plan):
-        return EXIT_REFUSED
     on_timeout = "force" if args.force else _ask_on_timeout
-    return _exit_code(actions.drain(principal, args.instance, timeout_s=args.timeout, on_timeout=on_timeout))
+    return _perform(args, "drain", args.instance, {"timeout_s": args.timeout, "on_timeout": on_timeout})
 
 
 def _undrain(args: argparse.Namespace) -> int:
-    actions, principal = _actions(args)
-    plan = actions.plan_undrain(args.instance, principal)
-    if args.dry_run:
-        return _dry_run(plan)
-    return _exit_code(actions.undrain(principal, args.instance))
+    return _perform(args, "undrain", args.instance, {}, confirm=False)
 
 
 def _restart(args: argparse.Namespace) -> int:
-    actions, principal = _actions(args)
-    if args.rolling:
-        plan = actions.plan_rolling_restart(args.target, principal)
-    else:
-        plan = actions.plan_restart(args.target, principal)
-    if args.dry_run:
-        return _dry_run(plan)
-    if not _confirmed(args, plan):
-        return EXIT_REFUSED
-    if args.rolling:
-        return _exit_code(actions.rolling_restart(principal, args.target))
-    return _exit_code(actions.restart(principal, args.target))
+    return _perform(args, "rolling_restart" if args.rolling else "restart", args.target, {})
 
 
 def _limits(args: argparse.Namespace) -> int:
@@ -153,12 +142,8 @@ def _limits(args: argparse.Namespace) -> int:
     else:
         low = args.min if args.min is not None else str(current.min_replicas)
         high = args.max if args.max is not None else str(current.max_replicas)
-    plan = actions.plan_set_limits(service.name, low, high, principal)
-    if args.dry_run:
-        return _dry_run(plan)
-    if not _confirmed(args, plan):
-        return EXIT_REFUSED
-    return _exit_code(actions.set_limits(principal, service.name, low, high))
+    return _perform(args, "set_limits", service.name, {"min_replicas": low, "max_replicas": high},
+                    (actions, principal))
 
 
 def _hash_password(args: argparse.Namespace) -> int:

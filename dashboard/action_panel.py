@@ -23,9 +23,9 @@ import streamlit as st
 from actions import audit
 from actions.auth import Principal, allowed
 from actions.backends import port_capacity
-from actions.backends.base import new_op_id
 from actions.operations import (
     DRAIN,
+    OPERATIONS,
     PERMISSION_OF,
     RESTART,
     ROLLING_RESTART,
@@ -35,10 +35,16 @@ from actions.operations import (
     FleetActions,
     Plan,
     limits_of,
+    new_op_id,
+    operations_for,
+    permission_of,
 )
 from core.config import FleetConfig, ServiceConfig
 from core.store import Store
 
+# The button icon of each operation (the operations themselves come from actions.operations.OPERATIONS).
+ICONS = {DRAIN: ":material/pause_circle:", UNDRAIN: ":material/play_circle:", RESTART: ":material/restart_alt:",
+         SCALE: ":material/tune:", ROLLING_RESTART: ":material/autorenew:", SET_LIMITS: ":material/straighten:"}
 PENDING_KEY = "fd_pending_action"  # {"kind", "target", "params"} of the action being previewed in this session
 LIVE_REFRESH_S = 1.0
 # Threads running actions in this process, by op id: kept so they are not garbage collected and so tests can join.
@@ -122,8 +128,7 @@ def _live_status(store: Store, service: str, key: str) -> None:
     panel()
 
 
-def _preview_and_confirm(actions: FleetActions, principal: Principal, plan: Plan, key: str,
-                         run: Callable[[str], Callable[[], Any]]) -> None:
+def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[], Any]]) -> None:
     """Show the dry-run plan; when allowed, ask for the typed name and start the action."""
     (st.info if plan.allowed else st.error)(f"**Dry run — {plan.action} {plan.target}:** {plan.reason}")
     if plan.affected:
@@ -157,38 +162,39 @@ def render_instance_actions(config: FleetConfig, store: Store, principal: Princi
     service, instance = _service_of(config, instance_id)
     target = f"{service}/{instance}"
     key = f"fd-act-{service}-{instance}"
-    actions = FleetActions(config, store)
     columns = st.columns(4)
-    for column, (kind, label, icon) in zip(columns, (
-        (DRAIN, "Drain", ":material/pause_circle:"),
-        (UNDRAIN, "Undrain", ":material/play_circle:"),
-        (RESTART, "Restart", ":material/restart_alt:"),
-    ), strict=False):
-        may = allowed(principal, kind)
-        if column.button(label, key=f"{key}-{kind}", icon=icon, disabled=not may,
+    for column, operation in zip(columns, operations_for("instance"), strict=False):
+        may = allowed(principal, permission_of(operation))
+        if column.button(operation.label, key=f"{key}-{operation.name}", icon=ICONS[operation.name], disabled=not may,
                          help=None if may else f"needs the operator role (you are {principal.role})"):
-            st.session_state[PENDING_KEY] = {"kind": kind, "target": target, "params": {}}
+            st.session_state[PENDING_KEY] = {"kind": operation.name, "target": target, "params": {}}
     on_timeout = columns[3].selectbox(
         "On drain timeout", ["abort", "force"], key=f"{key}-on-timeout",
         help="abort: back in rotation; force: take it down anyway (admin only)",
         disabled=not allowed(principal, "force"),
     )
-    pending = st.session_state.get(PENDING_KEY)
-    if pending and pending.get("target") == target:
-        kind = pending["kind"]
-        planner = {DRAIN: actions.plan_drain, UNDRAIN: actions.plan_undrain, RESTART: actions.plan_restart}[kind]
-        plan = planner(target, principal)
-
-        def run(op_id: str) -> Callable[[], Any]:
-            fresh = FleetActions(config, store)
-            if kind == DRAIN:
-                return lambda: fresh.drain(principal, target, on_timeout=on_timeout, op_id=op_id)
-            if kind == UNDRAIN:
-                return lambda: fresh.undrain(principal, target, op_id=op_id)
-            return lambda: fresh.restart(principal, target, op_id=op_id)
-
-        _preview_and_confirm(actions, principal, plan, f"{key}-{kind}", run)
+    _pending(config, store, principal, target, key, {"on_timeout": on_timeout})
     _live_status(store, service, key)
+
+
+def _pending(config: FleetConfig, store: Store, principal: Principal, target: str, key: str,
+             choices: dict[str, Any]) -> None:
+    """The operation this session asked for on `target`, if any: its plan, the confirmation and the start.
+
+    `choices` are values the page offers for any operation (the drain's on-timeout choice); each operation takes
+    those among its `options`.
+    """
+    pending = st.session_state.get(PENDING_KEY)
+    if not pending or pending.get("target") != target:
+        return
+    operation = OPERATIONS[pending["kind"]]
+    params = {**{name: value for name, value in choices.items() if name in operation.options}, **pending["params"]}
+    plan = operation.plan(FleetActions(config, store), target, params, principal)
+
+    def run(op_id: str) -> Callable[[], Any]:
+        return lambda: operation.execute(FleetActions(config, store), principal, target, params, op_id)
+
+    _preview_and_confirm(plan, f"{key}-{operation.name}", run)
 
 
 def render_service_actions(config: FleetConfig, store: Store, principal: Principal, service: str) -> None:
@@ -200,7 +206,6 @@ def render_service_actions(config: FleetConfig, store: Store, principal: Princip
     except KeyError as error:
         st.error(str(error.args[0]))
         return
-    actions = FleetActions(config, store)
     limits = limits_of(store, service_config)
     low, high = limits.min_replicas, limits.max_replicas
     left, middle, right = st.columns([2, 1, 1])
@@ -210,34 +215,13 @@ def render_service_actions(config: FleetConfig, store: Store, principal: Princip
         f"Replicas ({low}–{high})", key=f"{key}-n-{low}-{high}", min_value=low, max_value=high,
         value=min(max(service_config.replicas, low), high), step=1, help=f"limits {limits.describe()}",
     )
-    if middle.button("Scale", key=f"{key}-scale", icon=":material/tune:", disabled=not allowed(principal, SCALE)):
+    if middle.button("Scale", key=f"{key}-scale", icon=ICONS[SCALE], disabled=not allowed(principal, SCALE)):
         st.session_state[PENDING_KEY] = {"kind": SCALE, "target": service, "params": {"replicas": int(wanted)}}
-    if right.button("Rolling restart", key=f"{key}-rolling", icon=":material/autorenew:",
+    if right.button("Rolling restart", key=f"{key}-rolling", icon=ICONS[ROLLING_RESTART],
                     disabled=not allowed(principal, ROLLING_RESTART)):
         st.session_state[PENDING_KEY] = {"kind": ROLLING_RESTART, "target": service, "params": {}}
     _limits_control(store, principal, service_config, key)
-    pending = st.session_state.get(PENDING_KEY)
-    if pending and pending.get("target") == service:
-        kind = pending["kind"]
-        params = pending["params"]
-        replicas = int(params.get("replicas", wanted))
-        if kind == SCALE:
-            plan = actions.plan_scale(service, replicas, principal)
-        elif kind == SET_LIMITS:
-            plan = actions.plan_set_limits(service, params["min_replicas"], params["max_replicas"], principal)
-        else:
-            plan = actions.plan_rolling_restart(service, principal)
-
-        def run(op_id: str) -> Callable[[], Any]:
-            fresh = FleetActions(config, store)
-            if kind == SCALE:
-                return lambda: fresh.scale(principal, service, replicas, op_id=op_id)
-            if kind == SET_LIMITS:
-                return lambda: fresh.set_limits(principal, service, params["min_replicas"], params["max_replicas"],
-                                                op_id=op_id)
-            return lambda: fresh.rolling_restart(principal, service, op_id=op_id)
-
-        _preview_and_confirm(actions, principal, plan, f"{key}-{kind}", run)
+    _pending(config, store, principal, service, key, {})
     _live_status(store, service, key)
 
 
@@ -253,7 +237,7 @@ def _limits_control(store: Store, principal: Principal, service_config: ServiceC
                                value=limits.min_replicas, step=1, disabled=not may, help=no)
     high = high_col.number_input("Max replicas", key=f"{key}-lim-max", min_value=1, max_value=ceiling,
                                  value=limits.max_replicas, step=1, disabled=not may, help=no)
-    if button_col.button("Limits", key=f"{key}-limits", icon=":material/straighten:", disabled=not may, help=no):
+    if button_col.button("Limits", key=f"{key}-limits", icon=ICONS[SET_LIMITS], disabled=not may, help=no):
         st.session_state[PENDING_KEY] = {"kind": SET_LIMITS, "target": service_config.name,
                                          "params": {"min_replicas": int(low), "max_replicas": int(high)}}
     note_col.caption(f"Limits [{limits.min_replicas}, {limits.max_replicas}]: {limits.describe()}")

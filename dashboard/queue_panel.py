@@ -19,7 +19,7 @@ import streamlit as st
 
 from actions import audit
 from actions.auth import Principal, allowed
-from actions.backends.base import new_op_id
+from actions.operations import new_op_id
 from actions.queue_ops import (
     CLEAN,
     DRAIN,

@@ -1,4 +1,4 @@
-"""Types every action backend shares: replicas, orchestrators, load balancers, results and errors.
+"""Types every action backend shares: replicas, orchestrators, load balancers and errors.
 
 Exception tree (every action error derives from FleetdeckActionError so the CLI and the dashboard can show
 one clear message without a traceback):
@@ -14,9 +14,7 @@ one clear message without a traceback):
 from __future__ import annotations
 
 import builtins
-import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from core.config import ServiceConfig
@@ -161,17 +159,3 @@ class LoadBalancer(Protocol):
         """Workers of an older generation still finishing requests after a reload; 0 when there is no way to see
         them (an external nginx is not ours to inspect)."""
         ...
-
-
-def new_op_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-@dataclass
-class ActionResult:
-    ok: bool
-    detail: str
-    before: dict[str, Any] = field(default_factory=dict)
-    after: dict[str, Any] = field(default_factory=dict)
-    op_id: str = field(default_factory=new_op_id)
-    started_at: float = field(default_factory=time.time)
