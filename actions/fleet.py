@@ -45,7 +45,7 @@ from core.process import (
     tail,
     terminate,
 )
-from core.store import Store
+from core.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,6 @@ class FleetStatus(TypedDict):
     collector: dict[str, Any]
     processes: list[dict[str, Any]]  # every fleetdeck process with its state (actions/self_status.py)
     problems: list[str]  # one line per process that should run and does not
-
-
-def open_store(config: FleetConfig) -> Store:
-    url = config.store_url
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return Store(url)
 
 
 # --- Postgres ----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def time_overview_rerun(config: Path, runs: int, label: str, cold: bool) -> list
     """Server-side time of Overview reruns; `cold` empties the shared read cache first (every query hits SQLite)."""
     from streamlit.testing.v1 import AppTest
 
-    from core.config import load_config
+    from core.config import config_path
     from dashboard import ui
 
     os.environ["FLEETDECK_CONFIG"] = str(config)
@@ -115,7 +115,7 @@ def time_overview_rerun(config: Path, runs: int, label: str, cold: bool) -> list
     app.selectbox(key="fd_range").set_value(label)
     app.switch_page("app_pages/overview.py")
     app.run()
-    cache = ui._cached_store_at(load_config(config).store_url)
+    cache = ui._cached_store_at(str(config_path(config)))  # keyed by the config path, as ui.store() asks
     samples = []
     for _ in range(runs):
         if cold:

@@ -33,8 +33,8 @@ def _say(op_id: str, message: str) -> None:
 
 def _actions(args: argparse.Namespace) -> tuple[FleetActions, Principal]:
     from actions.auth import cli_principal
-    from actions.fleet import open_store
     from actions.operations import FleetActions
+    from core.store import open_store
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)

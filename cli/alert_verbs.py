@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from actions.auth import cli_principal
-    from actions.fleet import open_store
+    from core.store import open_store
 
     config = load_config(args.config)
     return open_store(config), cli_principal(config.auth)

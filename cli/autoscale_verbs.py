@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from actions.fleet import open_store
+    from core.store import open_store
 
     config = load_config(args.config)
     return config, open_store(config)

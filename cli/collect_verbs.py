@@ -24,12 +24,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=handle_collect)
 
 
-def _open_store(config: Any) -> Any:
-    from core.store import Store
-
-    return Store(config.store_url, config.store)
-
-
 def handle_collect(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.once:
@@ -39,8 +33,9 @@ def handle_collect(args: argparse.Namespace) -> int:
 
 def _once(config: Any, as_json: bool) -> int:
     from collectors.scheduler import collect_once
+    from core.store import open_store
 
-    store = _open_store(config)  # the replica registry for the instance targets (docker services sync it first)
+    store = open_store(config)  # the replica registry for the instance targets (docker services sync it first)
     try:
         samples = collect_once(config, store)
     finally:
@@ -59,8 +54,9 @@ def _once(config: Any, as_json: bool) -> int:
 
 def _forever(config: Any) -> int:
     from collectors.scheduler import start_embedded, stop_embedded
+    from core.store import open_store
 
-    store = _open_store(config)
+    store = open_store(config)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -151,7 +151,7 @@ def _autoscale_status(config: Any) -> dict[str, Any]:
     if not config.autoscale:
         return {}
     from actions.autoscale import advice_lines, latest_decision
-    from actions.fleet import open_store
+    from core.store import open_store
 
     store = open_store(config)
     try:

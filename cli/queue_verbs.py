@@ -206,8 +206,8 @@ def _reasons(args: argparse.Namespace) -> int:
 
 def _act(args: argparse.Namespace, action: str, **params: Any) -> int:
     from actions.auth import cli_principal
-    from actions.fleet import open_store
     from actions.queue_ops import QueueActions
+    from core.store import open_store
 
     config = load_config(args.config)
     actions = QueueActions(config, open_store(config), on_progress=_say, batch=args.batch)

@@ -135,8 +135,8 @@ def _printer(to_stderr: bool) -> Any:
 
 def _run(args: argparse.Namespace, kind: str, params: dict[str, Any]) -> int:
     from actions.auth import PermissionDenied, cli_principal, require
-    from actions.fleet import open_store
     from actions.proving import testruns
+    from core.store import open_store
 
     config = load_config(args.config)
     principal = cli_principal(config.auth)

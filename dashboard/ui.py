@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from core.config import ConfigError, FleetConfig, config_path, load_config
-from core.store import Event, Store, TargetStatus
+from core.store import Event, Store, StoreView, TargetStatus, open_store
 from dashboard import fault_panels, figures, queries, ranges
 from dashboard.queries import Chart, Tile
 from dashboard.store_cache import CachedStore
@@ -40,14 +40,15 @@ def _config_at(path: str) -> FleetConfig:
 
 
 @st.cache_resource(show_spinner=False)
-def _store_at(url: str) -> Store:
-    return Store(url)
+def _store_at(path: str) -> Store:
+    """The store of the config at `path`, opened the way every process opens it (with its `store` settings)."""
+    return open_store(_config_at(path))
 
 
 @st.cache_resource(show_spinner=False)
-def _cached_store_at(url: str) -> CachedStore:
+def _cached_store_at(path: str) -> CachedStore:
     """One read cache per store for all sessions of this process (see store_cache.py)."""
-    return CachedStore(_store_at(url))
+    return CachedStore(_store_at(path))
 
 
 def fleet_config() -> FleetConfig:
@@ -61,11 +62,11 @@ def fleet_config() -> FleetConfig:
         raise  # st.stop() raises; this keeps type checkers honest
 
 
-def store() -> Store:
-    """The store behind a shared read cache; it has the Store's read methods (typed as Store for the pages)."""
+def store() -> StoreView:
+    """The store behind a shared read cache: the read-only view the pages get (writes go through the actions)."""
     config = fleet_config()
     try:
-        return _cached_store_at(config.store_url)  # type: ignore[return-value]
+        return _cached_store_at(str(config_path()))
     except Exception as error:  # an unreachable Postgres store must not become a stack trace
         st.error(f"Cannot open the store at `{config.store_url}`: {error}")
         st.stop()
@@ -74,20 +75,19 @@ def store() -> Store:
 
 def live_store() -> Store:
     """The store without the read cache, for actions: their locks and progress must be read fresh."""
-    return _store_at(fleet_config().store_url)
+    fleet_config()  # a broken file stops the page with its message first
+    return _store_at(str(config_path()))
 
 
 @st.cache_resource(show_spinner=False)
 def _start_collectors(path: str) -> str | None:
     """One background scheduler per dashboard process (cache_resource + a lock: two first sessions racing)."""
     with _collector_lock:
-        try:
-            from collectors.scheduler import start_embedded
-        except ImportError as error:
-            return f"Embedded collectors unavailable ({error}); run them separately."
+        from collectors.scheduler import start_embedded
+
         config = _config_at(path)
         try:
-            start_embedded(config, _store_at(config.store_url))
+            start_embedded(config, _store_at(path))
         except Exception as error:  # the dashboard still shows what the store holds
             return f"Embedded collectors failed to start: {error}"
         return None
