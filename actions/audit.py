@@ -4,10 +4,11 @@ Every attempt of an action — refused, failed or successful — leaves one `Aud
 it, with which role, the parameters, the state before and after, the result, the error and the duration. The
 same outcome is also written as a store event of kind `action` so it shows up as an annotation on the charts.
 
-While an action runs, each step is written as an `action.progress` event whose details carry the operation id,
-and the operation's current status is kept under the KV key `op:<op_id>`; the latest operation of a service is
-under `op:last:<service>`. That is what lets a second browser session (or a CLI user watching the dashboard)
-follow an action another session started: the progress lives in the store, not in one process's memory.
+While an action runs, each step is written to the store's progress records under the operation id (not as chart
+events: no chart wants them), and the operation's current status is kept under the KV key `op:<op_id>`; the
+latest operation of a service is under `op:last:<service>`. That is what lets a second browser session (or a CLI
+user watching the dashboard) follow an action another session started: the progress lives in the store, not in
+one process's memory.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any, Protocol
 
 from core.store import AuditEntry, Store
 
-# Event kinds written by the actions layer.
+# The event kind written by the actions layer (the outcome of each action, a chart annotation).
 ACTION_EVENT = "action"
-PROGRESS_EVENT = "action.progress"
 
 # Audit results.
 OK = "ok"
@@ -97,8 +97,8 @@ class Operation:
         """Record one step: store event (for other sessions), KV status, and the caller's callback (terminal)."""
         entry = {"ts": time.time(), "t_s": round(self.elapsed_s, 3), "step": step, "message": message}
         self.steps.append(entry)
-        self.store.add_event(
-            PROGRESS_EVENT,
+        self.store.add_progress(
+            self.op_id,
             self.target,
             message,
             {"op_id": self.op_id, "action": self.action, "step": step, "who": self.principal.name, **details},
@@ -162,10 +162,7 @@ def last_operation(store: Store, service: str) -> dict[str, Any] | None:
 
 
 def progress_events(store: Store, op_id: str, since: float | None = None) -> list[dict[str, Any]]:
-    """The progress lines of one operation, oldest first (read back from the store's events)."""
+    """The progress lines of one operation, oldest first."""
     start = since if since is not None else time.time() - 6 * 3600
-    lines = []
-    for event in store.events(start, time.time() + 60, kind=PROGRESS_EVENT):
-        if event.details.get("op_id") == op_id:
-            lines.append({"ts": event.ts, "target": event.target, "message": event.message, **event.details})
-    return sorted(lines, key=lambda line: line["ts"])
+    return [{"ts": line.ts, "target": line.target, "message": line.message, **line.details}
+            for line in store.progress(op_id, since=start)]

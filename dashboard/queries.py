@@ -143,14 +143,10 @@ def summed(name: str, traces: Sequence[Trace], window: Window, buckets: int = CH
     return [total] if len(total) else []
 
 
-# step-by-step progress of a running action (actions/audit.py): dozens per drain, noise on a chart; the action's
-# own outcome event ("action") and replica start/stop/dead events are what the operator wants to line up with
-HIDDEN_EVENT_KINDS = frozenset({"action.progress"})
-
-
 def events_in(store: Store, window: Window) -> list[Event]:
-    """Audit-log and annotation events of the window: the markers every time chart carries."""
-    return [e for e in store.events(window.start, window.end) if e.kind not in HIDDEN_EVENT_KINDS]
+    """Audit-log and annotation events of the window: the markers every time chart carries (an action's outcome,
+    replica start/stop/dead; the step-by-step progress of actions is kept apart, see actions/audit.py)."""
+    return store.events(window.start, window.end)
 
 
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:

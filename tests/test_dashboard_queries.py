@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from actions import audit
+from actions.auth import Principal
 from core.samples import Sample, labels_of
 from core.store import Store
 from dashboard import queries, ranges, sample_data
@@ -92,10 +94,19 @@ def test_unreachable_lists_only_failing_targets(tmp_path: Path) -> None:
 
 
 def test_chart_events_skip_action_progress(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'e.db'}")
+    """Progress lines are kept apart from chart events: written by an action, they never reach a chart, and a
+    database from before that split has its progress events moved out when it is opened."""
+    path = tmp_path / "e.db"
+    store = Store(f"sqlite:///{path}")
+    store.add_event("action.progress", "web", "an old progress line", {"op_id": "old1"}, ts=NOW - 80)
+    store.close()
+    store = Store(f"sqlite:///{path}")  # reopening moves the legacy progress event to the progress records
     store.add_event("action", "web", "drain web/web-2 by admin: ok", ts=NOW - 60)
-    store.add_event("action.progress", "web", "waiting for in-flight requests", ts=NOW - 70)
+    operation = audit.Operation(store, "op1", Principal("admin", "admin", "cli"), "drain", "web", "web/web-2", {})
+    operation.progress("waiting for in-flight requests", "waiting")
     store.add_event("replica.dead", "web/web-2", "process is gone", ts=NOW - 30)
     kinds = [e.kind for e in queries.events_in(store, ranges.window("5 min", NOW))]
     assert sorted(kinds) == ["action", "replica.dead"]
+    assert [line["message"] for line in audit.progress_events(store, "op1")] == ["waiting for in-flight requests"]
+    assert [line.message for line in store.progress("old1", since=0)] == ["an old progress line"]
     store.close()

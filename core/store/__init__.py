@@ -1,7 +1,7 @@
 """The store: two stores on one database, opened one way (`open_store(config)`).
 
 - the time-series store (timeseries.py, series_query.py): series, samples, rollups, retention, queries;
-- the ops-records store (ops.py): events, replicas, audit, locks, facts, kv.
+- the ops-records store (ops.py): events, action progress, replicas, audit, locks, facts, kv.
 
 Each has its protocol (protocols.py: `TimeSeries`, `OpsRecords`; `StoreView` is the dashboard's read-only view).
 `Store` is both on one connection pool, which is what `open_store` returns: the fleet, the CLI, the collectors and
@@ -20,6 +20,7 @@ from core.store.records import (
     Fact,
     Latest,
     Point,
+    Progress,
     ReplicaRecord,
     SeriesInfo,
     TargetStatus,
@@ -51,6 +52,7 @@ __all__ = [
     "OpsRecords",
     "OpsStore",
     "Point",
+    "Progress",
     "RecordsReader",
     "ReplicaRecord",
     "SeriesInfo",

@@ -15,6 +15,7 @@ from core.store.records import (
     AuditEntry,
     Event,
     Fact,
+    Progress,
     ReplicaRecord,
 )
 from core.store.schema import (
@@ -24,6 +25,7 @@ from core.store.schema import (
     event_table,
     fact_table,
     kv_table,
+    progress_table,
     replica_table,
 )
 
@@ -56,6 +58,33 @@ class OpsStore(Database):
         with self._engine.connect() as conn:
             return [
                 Event(int(r.id), float(r.ts), r.kind, r.target, r.message, json.loads(r.details))
+                for r in conn.execute(stmt)
+            ]
+
+    # -- action progress --------------------------------------------------------------------------------------------
+
+    def add_progress(self, op_id: str, target: str, message: str, details: dict | None = None,
+                     ts: float | None = None) -> int:
+        """One step of a running action (actions/audit.py)."""
+        row = {
+            "op_id": op_id,
+            "ts": time.time() if ts is None else float(ts),
+            "target": target,
+            "message": message,
+            "details": json.dumps(details or {}, default=str),
+        }
+        with self._engine.begin() as conn:
+            return int(conn.execute(progress_table.insert().values(row)).inserted_primary_key[0])
+
+    def progress(self, op_id: str, since: float | None = None) -> list[Progress]:
+        """The steps of one operation, oldest first (since `since` when given)."""
+        p = progress_table.c
+        stmt = select(progress_table).where(p.op_id == op_id).order_by(p.ts, p.id)
+        if since is not None:
+            stmt = stmt.where(p.ts >= since)
+        with self._engine.connect() as conn:
+            return [
+                Progress(int(r.id), r.op_id, float(r.ts), r.target, r.message, json.loads(r.details))
                 for r in conn.execute(stmt)
             ]
 

@@ -19,6 +19,7 @@ from core.store.records import (
     Fact,
     Latest,
     Point,
+    Progress,
     ReplicaRecord,
     SeriesInfo,
     TargetStatus,
@@ -74,6 +75,8 @@ class RecordsReader(Protocol):
 
     def get_kv(self, key: str) -> dict | None: ...
 
+    def progress(self, op_id: str, since: float | None = None) -> list[Progress]: ...
+
 
 class OpsRecords(RecordsReader, Protocol):
     """Events, the replica registry, the append-only audit log, action locks, facts and kv."""
@@ -93,6 +96,9 @@ class OpsRecords(RecordsReader, Protocol):
     def release_lock(self, service: str, op_id: str) -> bool: ...
 
     def add_fact(self, f: Fact) -> int: ...
+
+    def add_progress(self, op_id: str, target: str, message: str, details: dict | None = None,
+                     ts: float | None = None) -> int: ...
 
     def put_kv(self, key: str, value: dict, now: float | None = None) -> None: ...
 

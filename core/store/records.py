@@ -65,6 +65,17 @@ class Event(NamedTuple):
     details: dict
 
 
+class Progress(NamedTuple):
+    """One step of a running action, as the live action panel shows it."""
+
+    id: int
+    op_id: str
+    ts: float
+    target: str
+    message: str
+    details: dict
+
+
 class TargetStatus(NamedTuple):
     source: str
     target: str

@@ -26,9 +26,11 @@ from sqlalchemy import (
     Text,
     cast,
     create_engine,
+    delete,
     event,
     func,
     literal_column,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -174,6 +176,22 @@ fact_table = Table(
     Column("evidence", Text, nullable=False),
 )
 
+# The step-by-step progress of running actions (actions/audit.py), keyed by operation id. Its own table, not chart
+# events: a drain writes dozens of lines that no chart wants, and the live action panel reads them by op id.
+progress_table = Table(
+    "op_progress",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("op_id", String(64), nullable=False, index=True),
+    Column("ts", Double, nullable=False),
+    Column("target", String(512), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("details", Text, nullable=False),
+)
+
+# Progress lines were written as events of this kind before they had their own table.
+LEGACY_PROGRESS_EVENT = "action.progress"
+
 kv_table = Table(
     "kv",
     metadata,
@@ -230,11 +248,28 @@ class Database:
             try:
                 metadata.create_all(self._engine, checkfirst=True)
                 self._create_audit_guard()
+                self._move_legacy_progress()
                 break
             except DBAPIError:
                 if attempt == 2:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def _move_legacy_progress(self) -> None:
+        """A database written before `op_progress` existed holds progress lines as events: move them over once, so
+        the chart events need no filter."""
+        e = event_table.c
+        legacy = select(e.id, e.ts, e.target, e.message, e.details).where(e.kind == LEGACY_PROGRESS_EVENT)
+        with self._engine.begin() as conn:
+            rows = conn.execute(legacy).all()
+            if not rows:
+                return
+            conn.execute(progress_table.insert(), [
+                {"op_id": str(json.loads(row.details).get("op_id", "")), "ts": row.ts, "target": row.target,
+                 "message": row.message, "details": row.details}
+                for row in rows
+            ])
+            conn.execute(delete(event_table).where(e.kind == LEGACY_PROGRESS_EVENT))
 
     def _create_audit_guard(self) -> None:
         """Make `audit` append-only in the database too, so not even a stray SQL statement can rewrite history."""
