@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, error_text
+from collectors.base import LATENCY, UP, Collector, MetricRegistry, MetricSpec, T, error_text
 from core.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,12 @@ class Runner:
         self.errors_total: dict[tuple[str, str], int] = {}
         self.last_success: dict[tuple[str, str], float] = {}
 
-    async def run(self, collector: Any, target: Any, timeout_s: float | None = None) -> list[Sample]:
+    async def run(self, collector: Collector[T], target: T, timeout_s: float | None = None) -> list[Sample]:
         """Collect one target; never raises (except the caller's own cancellation), never exceeds the timeout."""
         limit = self.timeout_s if timeout_s is None else timeout_s
         started_ts = time.time()
         started = time.perf_counter()
-        key = _key_of(target)
+        key = target.key
         error: str | None = None
         samples: list[Sample] = []
         deadline = asyncio.timeout(limit)
@@ -74,7 +74,8 @@ class Runner:
             samples = _up_first(samples, key)
         return samples + self._self_metrics(collector.name, key, error, duration_ms, started_ts)
 
-    async def run_many(self, collector: Any, targets: Sequence[Any], timeout_s: float | None = None) -> list[Sample]:
+    async def run_many(self, collector: Collector[T], targets: Sequence[T],
+                       timeout_s: float | None = None) -> list[Sample]:
         """All targets concurrently, each with its own timeout: a slow one never delays the others' results."""
         results = await asyncio.gather(*(self.run(collector, target, timeout_s) for target in targets))
         return [sample for batch in results for sample in batch]
@@ -93,10 +94,6 @@ class Runner:
         if state_key in self.last_success:
             out.append(SELF_REGISTRY.sample(subject, "last_success_ts", self.last_success[state_key], ts))
         return out
-
-
-def _key_of(target: Any) -> str:
-    return str(getattr(target, "key", target))
 
 
 def _up_first(samples: list[Sample], key: str) -> list[Sample]:

@@ -4,8 +4,9 @@ Every job has ``max_instances=1`` and ``coalesce=True`` and is bounded by the ru
 only ever delays itself. Collect coroutines of every collector run on ONE asyncio event loop in a dedicated
 thread (uvloop when installed); a job thread submits its coroutine there and waits for it. Samples go to an
 in-memory queue that a writer job flushes to the Store once a second in one batch (so 1,000 targets cost one
-transaction, not 1,000) and feeds to the alert rules. A refresh job re-reads targets (replicas come and go) and
-adds/removes jobs. Rollups run every ``ROLLUP_EVERY_S`` (incremental, a few ms) so long-range charts read
+transaction, not 1,000) and feeds to the alert rules. A refresh job first reconciles the replica registry with the
+backends (actions/backends/reconcile.py: containers Compose started), then re-reads targets (replicas come and go)
+and adds/removes jobs. Rollups run every ``ROLLUP_EVERY_S`` (incremental, a few ms) so long-range charts read
 fresh rollups; retention runs every ``RETENTION_EVERY_S``.
 
 Exactly one scheduler per process: :func:`start_embedded` is idempotent and is what the dashboard and the
@@ -29,18 +30,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from actions.backends import DOCKER
+from actions.backends.reconcile import ReplicaReconciler
 from collectors.alerts import AlertEvaluator
-from collectors.bullmq import BullMQCollector
 from collectors.exporter import MetricsServer, SampleExporter
-from collectors.instances import InstanceCollector
-from collectors.nginx import NginxCollector
-from collectors.postgres import PostgresCollector
-from collectors.redis_info import RedisInfoCollector
+from collectors.registry import AnyCollector, build_collectors, interval_setting
 from collectors.runner import Runner
 from collectors.self_health import BufferedWriter
 from core.config import FleetConfig
 from core.samples import Sample
+from core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +54,8 @@ RETENTION_EVERY_S = 3600.0
 ROLLUP_FIRST_AFTER_S = 60.0
 
 
-def build_collectors(config: FleetConfig, store: Any = None) -> list[Any]:
-    first: list[Any] = []
-    if any(service.backend == DOCKER for service in config.services):
-        from collectors.containers import ContainerCollector  # imports the Docker SDK: only when needed
-
-        # first: its targets() syncs the replica table from Docker, which the instance collector's targets() reads
-        first.append(ContainerCollector(config, store))
-    return [
-        *first,
-        InstanceCollector(config, store),
-        NginxCollector(config),
-        BullMQCollector(config),
-        RedisInfoCollector(config),
-        PostgresCollector(config),
-    ]
-
-
 def interval_of(config: FleetConfig, collector_name: str) -> float:
-    intervals = config.collectors
-    chosen = {
-        "instances": intervals.instances_s,
-        "nginx": intervals.nginx_s,
-        "bullmq": intervals.bullmq_s,
-        "redis": intervals.redis_s,
-        "postgres": intervals.postgres_s,
-    }.get(collector_name, intervals.instances_s)
-    return max(MIN_INTERVAL_S, float(chosen))
+    return max(MIN_INTERVAL_S, interval_setting(config, collector_name))
 
 
 class LoopThread:
@@ -144,8 +117,8 @@ class CollectorScheduler:
     def __init__(
         self,
         config: FleetConfig,
-        store: Any,
-        collectors: Sequence[Any] | None = None,
+        store: Store,
+        collectors: Sequence[AnyCollector] | None = None,
         intervals: dict[str, float] | None = None,
         max_threads: int = 16,
         kind: str = "embedded",
@@ -155,6 +128,7 @@ class CollectorScheduler:
         # failed writes wait in a bounded backlog; a heartbeat file reports on the collector (self_health.py)
         self.writer = BufferedWriter(store, config.state_path, kind)
         self.collectors = list(collectors) if collectors is not None else build_collectors(config, store)
+        self.reconciler = ReplicaReconciler(config, store)
         self.intervals = intervals or {}
         self.timeout_s = config.collectors.timeout_s
         # retention first runs with the first rollup, then hourly
@@ -173,7 +147,7 @@ class CollectorScheduler:
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self._targets: dict[str, Any] = {}  # job id -> target it was scheduled for
+        self._targets: dict[str, Any] = {}  # job id -> target it was scheduled for (targets are typed per collector)
         self._lock = threading.Lock()
         self.written = 0
 
@@ -182,8 +156,8 @@ class CollectorScheduler:
     def start(self) -> None:
         self._start_metrics_server()
         self.loop_thread = LoopThread()
-        self.refresh_targets()
-        self.scheduler.add_job(self.refresh_targets, "interval", seconds=REFRESH_TARGETS_S, id="fleetdeck:refresh")
+        self.refresh()
+        self.scheduler.add_job(self.refresh, "interval", seconds=REFRESH_TARGETS_S, id="fleetdeck:refresh")
         self.scheduler.add_job(self.flush, "interval", seconds=FLUSH_EVERY_S, id="fleetdeck:flush")
         if self.config.alerts.routes:
             from core.notify.engine import Notifier
@@ -221,6 +195,7 @@ class CollectorScheduler:
                     log.warning("closing %s: %s", collector.name, error)
             self.loop_thread.stop()
             self.loop_thread = None
+        self.reconciler.close()
         self.flush()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -244,13 +219,18 @@ class CollectorScheduler:
 
     # -- jobs -----------------------------------------------------------------------------------------------------
 
-    def interval(self, collector: Any) -> float:
+    def interval(self, collector: AnyCollector) -> float:
         return max(MIN_INTERVAL_S, self.intervals.get(collector.name, interval_of(self.config, collector.name)))
+
+    def refresh(self) -> None:
+        """Reconcile the replica registry with the backends, then refresh the targets (which read it)."""
+        self.reconciler.run()
+        self.refresh_targets()
 
     def refresh_targets(self) -> None:
         """Add a job for every new target, replace changed ones, remove the vanished."""
         with self._lock:
-            wanted: dict[str, tuple[Any, Any]] = {}
+            wanted: dict[str, tuple[AnyCollector, Any]] = {}
             for collector in self.collectors:
                 try:
                     targets = collector.targets()
@@ -281,7 +261,7 @@ class CollectorScheduler:
                 )
                 self._targets[job_id] = target
 
-    def _scheduled_of(self, collector: Any) -> dict[str, tuple[Any, Any]]:
+    def _scheduled_of(self, collector: AnyCollector) -> dict[str, tuple[AnyCollector, Any]]:
         prefix = f"{collector.name}:"
         return {k: (collector, t) for k, t in self._targets.items() if k.startswith(prefix)}
 
@@ -290,13 +270,13 @@ class CollectorScheduler:
             self.scheduler.remove_job(job_id)
         self._targets.pop(job_id, None)
 
-    def collect_one(self, collector: Any, target: Any) -> None:
+    def collect_one(self, collector: AnyCollector, target: Any) -> None:
         """One (collector, target) job: bounded by the runner's timeout, never raises into APScheduler."""
         assert self.loop_thread is not None
         try:
             samples = self.loop_thread.run(self.runner.run(collector, target), self.timeout_s + 2.0)
         except Exception as error:  # only if the loop itself is stuck; the runner already caught the rest
-            log.error("collect %s %s: %s", collector.name, getattr(target, "key", target), error)
+            log.error("collect %s %s: %s", collector.name, target.key, error)
             return
         self.pending.put(samples)
 
@@ -343,7 +323,7 @@ _GUARD = threading.Lock()
 _EMBEDDED: CollectorScheduler | None = None
 
 
-def start_embedded(config: FleetConfig, store: Any, **kwargs: Any) -> CollectorScheduler:
+def start_embedded(config: FleetConfig, store: Store, **kwargs: Any) -> CollectorScheduler:
     """Start the process's scheduler, or return the one already running (idempotent, thread-safe)."""
     global _EMBEDDED
     with _GUARD:
@@ -363,7 +343,7 @@ def stop_embedded() -> None:
             _EMBEDDED = None
 
 
-async def _collect_all(collectors: Sequence[Any], runner: Runner) -> list[Sample]:
+async def _collect_all(collectors: Sequence[AnyCollector], runner: Runner) -> list[Sample]:
     try:
         results = await asyncio.gather(*(runner.run_many(c, c.targets()) for c in collectors))
     finally:
@@ -375,8 +355,17 @@ async def _collect_all(collectors: Sequence[Any], runner: Runner) -> list[Sample
     return [sample for batch in results for sample in batch]
 
 
-def collect_once(config: FleetConfig, store: Any = None, collectors: Sequence[Any] | None = None) -> list[Sample]:
-    """Every collector once, every target concurrently; the samples, alerts included (nothing written)."""
+def collect_once(config: FleetConfig, store: Store | None = None,
+                 collectors: Sequence[AnyCollector] | None = None) -> list[Sample]:
+    """Every collector once, every target concurrently; the samples, alerts included (no sample is written; the
+    replica registry is reconciled with the backends first, as the scheduler's refresh does)."""
+    if store is not None:
+        with ReplicaReconciler(config, store) as reconciler:
+            reconciler.run()
     chosen = list(collectors) if collectors is not None else build_collectors(config, store)
     samples = asyncio.run(_collect_all(chosen, Runner(config.collectors.timeout_s)))
     return samples + AlertEvaluator(config.alerts.rules).evaluate(samples)
+
+
+__all__ = ["CollectorScheduler", "LoopThread", "build_collectors", "collect_once", "interval_of", "start_embedded",
+           "stop_embedded"]

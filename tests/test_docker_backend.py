@@ -122,7 +122,7 @@ def test_container_collector_is_registered_first_for_docker_services(tmp_path: P
 
     service = {"name": "web", "backend": "docker", "compose_project": "p", "ports": {"start": 9100, "end": 9109}}
     docker_config = parse_config({"state_dir": str(tmp_path), "services": [service]}, "test", tmp_path)
-    # first: its targets() syncs the replica table the instance collector reads its targets from
+    # registry order (collectors/registry.py); the replica table is synced by the reconcile step, not by targets()
     assert [c.name for c in build_collectors(docker_config)][:2] == ["containers", "instances"]
     local = {**service, "backend": "local", "command": "true {port} {instance_id}"}
     local_config = parse_config({"state_dir": str(tmp_path), "services": [local]}, "test", tmp_path)
