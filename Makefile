@@ -30,7 +30,8 @@ test: venv
 	scripts/ensure-system-packages.sh test
 	$(MAKE) node-helper
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m fast
+	$(PYTHON) -m pytest -m integration
 
 # Node BullMQ for the queue tests (tests/test_queue_node.py), exactly as pinned in tests/node/package-lock.json
 node-helper: tests/node/node_modules/.installed

@@ -6,33 +6,33 @@ reading to take the CPU difference from) and yields, besides its own ``up``/``la
 "the daemon answered"), source ``instance`` samples ``container_cpu_percent``, ``container_memory_bytes`` and
 ``container_memory_limit_bytes`` for ``<service>/<instance_id>`` — the same targets the instance collector writes.
 
-``targets()`` also brings the store's replica table in line with the daemon (``DockerOrchestrator.list`` mirrors
-it): the instance collector discovers its targets in that table only, and containers Compose started — not
-fleetdeck — would otherwise stay invisible to it. The scheduler therefore asks this collector for targets before
-the instance collector (see ``collectors.scheduler.build_collectors``).
+The replica table the instance collector reads its targets from is kept in line with the daemon by the scheduler's
+reconcile step (actions/backends/reconcile.py), not by this collector.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from actions.backends import DOCKER
-from collectors.base import LATENCY, UP, MetricRegistry
+from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec
 from core.config import FleetConfig, ServiceConfig
 from core.samples import Sample
 
 if TYPE_CHECKING:  # the Docker SDK is imported only when a Docker-backed service is configured
     from actions.backends.docker import DockerOrchestrator
 
-log = logging.getLogger(__name__)
-
 SOURCE = "docker"
-# Only the collector's own health is declared here: the container samples are source `instance` and are built
-# by DockerOrchestrator.stats_samples with the units of docs/architecture.md.
+# The collector's own health. The container samples are source `instance`, built by
+# DockerOrchestrator.stats_samples with the units declared in CONTAINER_REGISTRY (for the metric catalogue).
 REGISTRY = MetricRegistry(SOURCE, [UP, LATENCY])
+CONTAINER_REGISTRY = MetricRegistry("instance", [
+    MetricSpec("container_cpu_percent", "percent", "CPU of the replica's container, 100 = one core"),
+    MetricSpec("container_memory_bytes", "bytes", "memory of the replica's container (page cache excluded)"),
+    MetricSpec("container_memory_limit_bytes", "bytes", "the container's memory limit"),
+])
 
 
 class ContainerTarget(NamedTuple):
@@ -63,15 +63,8 @@ class ContainerCollector:
         return self._backend
 
     def targets(self) -> list[ContainerTarget]:
-        """One target per Docker-backed service; syncs the replica table on the way (never raises: an unreachable
-        daemon shows as `up` 0 of these targets, not as a failed scheduler refresh)."""
-        services = docker_services(self.config)
-        for service in services:
-            try:
-                self._orchestrator().list(service)
-            except Exception as error:  # BackendError, a store hiccup: the next refresh tries again
-                log.warning("syncing the replicas of %s from Docker: %s", service.name, error)
-        return [ContainerTarget(f"docker:{s.name}", s.name) for s in services]
+        """One target per Docker-backed service (an unreachable daemon shows as `up` 0 of these targets)."""
+        return [ContainerTarget(f"docker:{s.name}", s.name) for s in docker_services(self.config)]
 
     async def collect(self, target: ContainerTarget) -> list[Sample]:
         service = self.config.service(target.service)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
+from collectors import catalogue
 from dashboard.ranges import Window
 from dashboard.series import Trace, sum_traces, trace_from_columns
 
@@ -67,7 +68,7 @@ def is_server_target(target: str) -> bool:
 def latest_by_target(store: Store, source: str, metric: str | None = None) -> dict[str, dict[str, Latest]]:
     """target → metric → newest value, for series without labels (labelled ones: `labelled_latest`)."""
     table: dict[str, dict[str, Latest]] = defaultdict(dict)
-    for row in store.latest(source=source, metric=metric):
+    for row in store.latest(source=source, metric=None if metric is None else catalogue.metric(source, metric)):
         if not row.series.labels:
             table[row.series.target][row.series.metric] = row
     return dict(table)
@@ -76,7 +77,8 @@ def latest_by_target(store: Store, source: str, metric: str | None = None) -> di
 def labelled_latest(store: Store, source: str, metric: str, target: str | None = None) -> list[Latest]:
     """The labelled series of the newest scrape only: a label set that vanished (an app that disconnected)
     keeps its last row in the store forever, so rows older than the newest one by more than 1 s are dropped."""
-    rows = [r for r in store.latest(source=source, metric=metric, target=target) if r.series.labels]
+    rows = [r for r in store.latest(source=source, metric=catalogue.metric(source, metric), target=target)
+            if r.series.labels]
     if not rows:
         return []
     newest = max(r.ts for r in rows)
@@ -128,7 +130,8 @@ def fetch(
     `rate=True` is for raw counters (`*_total`, xact_commit, evicted_keys): the store differences them in SQL
     and treats a drop as a counter reset.
     """
-    infos = [info for info in store.find_series(source=source, metric=metric) if keep is None or keep(info)]
+    infos = [info for info in store.find_series(source=source, metric=catalogue.metric(source, metric))
+             if keep is None or keep(info)]
     if not infos:
         return []
     # columns, not Points: thousands of per-point objects per chart used to set off full GC passes (store.py)

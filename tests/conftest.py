@@ -40,3 +40,10 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*batch[start : start + 500])
     finally:
         client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test not marked `fast` is in the integration tier (`pytest -m integration` / `-m fast`)."""
+    for item in items:
+        if item.get_closest_marker("fast") is None:
+            item.add_marker(pytest.mark.integration)
