@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.store import AuditEntry, Store
+from core.store import AuditEntry, OpsRecords
 
 # The event kind written by the actions layer (the outcome of each action, a chart annotation).
 ACTION_EVENT = "action"
@@ -59,7 +59,7 @@ ProgressCallback = Callable[[str, str], None]  # (op_id, message)
 class Operation:
     """One running action: its identity, its progress log and the audit bookkeeping around it."""
 
-    store: Store
+    store: OpsRecords
     op_id: str
     principal: PrincipalLike
     action: str
@@ -148,12 +148,12 @@ class Operation:
         )
 
 
-def operation_status(store: Store, op_id: str) -> dict[str, Any] | None:
+def operation_status(store: OpsRecords, op_id: str) -> dict[str, Any] | None:
     """The current status of an operation as published by `Operation` (None when unknown)."""
     return store.get_kv(op_key(op_id))
 
 
-def last_operation(store: Store, service: str) -> dict[str, Any] | None:
+def last_operation(store: OpsRecords, service: str) -> dict[str, Any] | None:
     """The status of the latest operation started on `service`, running or finished."""
     pointer = store.get_kv(last_op_key(service))
     if not pointer or "op_id" not in pointer:
@@ -161,7 +161,7 @@ def last_operation(store: Store, service: str) -> dict[str, Any] | None:
     return operation_status(store, str(pointer["op_id"]))
 
 
-def progress_events(store: Store, op_id: str, since: float | None = None) -> list[dict[str, Any]]:
+def progress_events(store: OpsRecords, op_id: str, since: float | None = None) -> list[dict[str, Any]]:
     """The progress lines of one operation, oldest first."""
     start = since if since is not None else time.time() - 6 * 3600
     return [{"ts": line.ts, "target": line.target, "message": line.message, **line.details}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from actions.backends.base import Orchestrator
     from core.config import FleetConfig, ServiceConfig
-    from core.store import Store
+    from core.store import OpsRecords
 
 # The values of ServiceConfig.backend.
 LOCAL = "local"
@@ -32,7 +32,7 @@ ORCHESTRATORS: dict[str, tuple[str, str]] = {
 class OrchestratorClass(Protocol):
     """What every orchestrator class offers before it is instantiated."""
 
-    def __call__(self, config: FleetConfig, store: Store) -> Orchestrator: ...
+    def __call__(self, config: FleetConfig, store: OpsRecords) -> Orchestrator: ...
 
     def port_capacity(self, service: ServiceConfig) -> int | None:
         """How many replicas the backend can place (one port of the range each); None when it has no such bound."""
@@ -49,7 +49,7 @@ def orchestrator_class(backend: str) -> OrchestratorClass:
     return orchestrator
 
 
-def backend_for(service: ServiceConfig, config: FleetConfig, store: Store) -> Orchestrator:
+def backend_for(service: ServiceConfig, config: FleetConfig, store: OpsRecords) -> Orchestrator:
     """A new orchestrator for `service`'s backend (callers keep it: it may hold a daemon connection)."""
     return orchestrator_class(service.backend)(config, store)
 

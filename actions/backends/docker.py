@@ -49,7 +49,7 @@ from core.process import http_get, port_is_free
 from core.samples import Sample
 
 if TYPE_CHECKING:  # the store is optional: the backend works without one (tests, `reload-nginx` command)
-    from core.store import Store
+    from core.store import OpsRecords
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def memory_bytes(stats: dict[str, Any]) -> float | None:
     return float(max(0, usage - inactive))
 
 
-def recorded_states(store: Store | None, backend: str, service: str) -> dict[str, str]:
+def recorded_states(store: OpsRecords | None, backend: str, service: str) -> dict[str, str]:
     """instance id → state of the store's replica records of one service and backend ({} without a store)."""
     if store is None:
         return {}
@@ -149,7 +149,7 @@ def recorded_states(store: Store | None, backend: str, service: str) -> dict[str
 
 
 def mirror_replicas(
-    store: Store | None, backend: str, service: str, replicas: list[Replica], recorded: dict[str, str]
+    store: OpsRecords | None, backend: str, service: str, replicas: list[Replica], recorded: dict[str, str]
 ) -> None:
     """Make the store's replica table say what the daemon said: upsert changed replicas, drop vanished ones.
 
@@ -182,7 +182,7 @@ class DockerOrchestrator:
     def __init__(
         self,
         config: FleetConfig | None = None,
-        store: Store | None = None,
+        store: OpsRecords | None = None,
         client: docker.DockerClient | None = None,
     ) -> None:
         self.config = config

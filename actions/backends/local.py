@@ -41,7 +41,7 @@ from core.process import (
     tail,
     terminate,
 )
-from core.store import ReplicaRecord, Store
+from core.store import OpsRecords, ReplicaRecord
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ BACKEND = "local"
 class LocalOrchestrator:
     """Runs a service's replicas as local processes; the store is the source of truth across restarts."""
 
-    def __init__(self, config: FleetConfig, store: Store) -> None:
+    def __init__(self, config: FleetConfig, store: OpsRecords) -> None:
         self.config = config
         self.store = store
         self.log_dir = config.state_path / "logs"

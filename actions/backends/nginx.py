@@ -32,7 +32,7 @@ from core.nginx_procs import (
     stop_orphaned_workers,
 )
 from core.process import ProcessControlError, http_get, pid_alive, proc_cmdline, terminate
-from core.store import Store
+from core.store import OpsRecords
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ http {{
 class ManagedNginx:
     """A LoadBalancer backed by nginx; `load_balancer.mode` decides between managed and external."""
 
-    def __init__(self, config: FleetConfig, store: Store | None = None, verify_timeout_s: float = 5.0) -> None:
+    def __init__(self, config: FleetConfig, store: OpsRecords | None = None, verify_timeout_s: float = 5.0) -> None:
         if config.load_balancer is None:
             raise NginxError("no load_balancer section in the configuration")
         self.config = config

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from actions.backends import DOCKER
 from core.config import FleetConfig, ServiceConfig
-from core.store import Store
+from core.store import OpsRecords
 
 if TYPE_CHECKING:  # the Docker SDK is imported only when a Docker-backed service is configured
     from actions.backends.docker import DockerOrchestrator
@@ -30,7 +30,7 @@ class ReplicaReconciler:
     """Lists every Docker-backed service's replicas (which mirrors them into the store); keeps the daemon
     connection between runs."""
 
-    def __init__(self, config: FleetConfig, store: Store) -> None:
+    def __init__(self, config: FleetConfig, store: OpsRecords) -> None:
         self.config = config
         self.store = store
         self._docker: DockerOrchestrator | None = None

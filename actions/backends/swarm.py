@@ -35,7 +35,7 @@ from actions.backends.docker import (
 from core.config import FleetConfig, ServiceConfig
 
 if TYPE_CHECKING:
-    from core.store import Store
+    from core.store import OpsRecords
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SwarmOrchestrator:
     def __init__(
         self,
         config: FleetConfig | None = None,
-        store: Store | None = None,
+        store: OpsRecords | None = None,
         client: docker.DockerClient | None = None,
         poll_s: float = 0.25,
     ) -> None:

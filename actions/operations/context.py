@@ -27,6 +27,8 @@ from actions.operations.types import (
     DRAIN_POLL_S,
     PROGRESS_EVERY_S,
     QUIET_POLLS,
+    Health,
+    HealthProbe,
     Refusal,
     probe_health,
     servers_dicts,
@@ -34,7 +36,7 @@ from actions.operations.types import (
     whole_number,
 )
 from core.config import FleetConfig, ServiceConfig
-from core.store import Store
+from core.store import OpsRecords
 
 
 def replica_stopped_under(orchestrator: Orchestrator, service: ServiceConfig, replica: Replica) -> str | None:
@@ -53,20 +55,23 @@ class OperationContext:
     """The backends and shared checks of the operations. One instance per process is fine; it holds no
     per-action state.
 
-    `orchestrator` and `balancer` may be injected (tests wrap the real ones); by default the service's backend
-    and the managed nginx of `config.load_balancer` are used.
+    `orchestrator`, `balancer` and `health_probe` may be injected (tests wrap the real ones, the fast tier passes
+    in-memory fakes); by default the service's backend, the managed nginx of `config.load_balancer` and an HTTP
+    GET of the health path are used.
     """
 
     def __init__(
         self,
         config: FleetConfig,
-        store: Store,
+        store: OpsRecords,
         *,
         orchestrator: Orchestrator | None = None,
         balancer: LoadBalancer | None = None,
         on_progress: audit.ProgressCallback | None = None,
+        health_probe: HealthProbe = probe_health,
     ) -> None:
         self.config = config
+        self._health_probe = health_probe
         self.store = store
         self._orchestrator = orchestrator
         self._backends: dict[str, Orchestrator] = {}
@@ -93,6 +98,10 @@ class OperationContext:
 
             self._balancer = ManagedNginx(self.config, self.store)
         return self._balancer
+
+    def health(self, replica: Replica, service: ServiceConfig, timeout_s: float = 1.0) -> Health:
+        """One health probe of one replica (the operations decide on its status, in-flight count, draining)."""
+        return self._health_probe(replica, service, timeout_s)
 
     # -- lookups ---------------------------------------------------------------------------------------------
 
@@ -143,7 +152,7 @@ class OperationContext:
         upstream = self.upstream(service)
         replicas = []
         for replica in self.live(service):
-            health = probe_health(replica, service, 0.5)
+            health = self.health(replica, service, 0.5)
             replicas.append({
                 "instance_id": replica.instance_id, "address": replica.address, "state": replica.state,
                 "health": health.status, "upstream": state_of(upstream, replica),
@@ -166,7 +175,7 @@ class OperationContext:
                 continue
             if balancer is not None and state_of(upstream, replica) != UP:
                 continue
-            if probe_health(replica, service, 1.0).healthy:
+            if self.health(replica, service, 1.0).healthy:
                 serving.append(replica.instance_id)
         return serving
 
@@ -201,7 +210,7 @@ class OperationContext:
         def cost(replica: Replica) -> tuple[int, int, float]:
             state = state_of(upstream, replica)
             out_of_rotation = 0 if state in (DOWN, DRAINING) else 1
-            unhealthy = 0 if not probe_health(replica, service, 0.5).healthy else 1
+            unhealthy = 0 if not self.health(replica, service, 0.5).healthy else 1
             return out_of_rotation, unhealthy, -replica.started_at
 
         return sorted(live, key=cost)[:count]
@@ -232,7 +241,7 @@ class OperationContext:
         why = ""
         while True:
             old_workers = self.old_nginx_workers(service)
-            health = probe_health(replica, service)
+            health = self.health(replica, service)
             # An unreachable replica has nothing in flight (it is gone); a replica without inFlight is judged
             # by the nginx side alone.
             in_flight = 0 if health.status == "unreachable" else (health.in_flight or 0)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from actions.backends import port_capacity
 from core.config import ServiceConfig
-from core.store import Store
+from core.store import OpsRecords
 
 
 def limits_key(service: str) -> str:
@@ -34,7 +34,7 @@ class Limits(NamedTuple):
         return f"override set by {self.by or '?'} at {when}"
 
 
-def limits_of(store: Store, service: ServiceConfig) -> Limits:
+def limits_of(store: OpsRecords, service: ServiceConfig) -> Limits:
     """The effective bounds: the admin's override in the store when it is still valid, else the config's.
 
     An override that no longer fits (the config's port range shrank, a hand-edited value) is ignored rather than
@@ -51,13 +51,13 @@ def limits_of(store: Store, service: ServiceConfig) -> Limits:
     return Limits(service.min_replicas, service.max_replicas, "config")
 
 
-def effective_limits(store: Store, service: ServiceConfig) -> tuple[int, int]:
+def effective_limits(store: OpsRecords, service: ServiceConfig) -> tuple[int, int]:
     """(min_replicas, max_replicas) every bound check uses — never `service.min_replicas/max_replicas` directly."""
     limits = limits_of(store, service)
     return limits.min_replicas, limits.max_replicas
 
 
-def with_effective_limits(store: Store, service: ServiceConfig) -> ServiceConfig:
+def with_effective_limits(store: OpsRecords, service: ServiceConfig) -> ServiceConfig:
     """The service config carrying its effective bounds, so the backends' own guards (LocalOrchestrator.start
     refuses beyond `max_replicas`) agree with the override instead of the file."""
     low, high = effective_limits(store, service)

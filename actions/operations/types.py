@@ -176,6 +176,10 @@ def whole_number(value: int | str, what: str) -> int:
     return value
 
 
+# (replica, service, timeout_s) -> its health; `probe_health` by default, a fake in the fast tests
+HealthProbe = Callable[[Replica, ServiceConfig, float], Health]
+
+
 def probe_health(replica: Replica, service: ServiceConfig, timeout_s: float = 1.0) -> Health:
     """GET the health path; parse status, inFlight and draining when the body is JSON."""
     status, body = http_get(f"{replica.base_url}{service.health.path}", min(timeout_s, service.health.timeout_s))

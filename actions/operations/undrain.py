@@ -10,7 +10,7 @@ from actions.auth import Principal
 from actions.backends.base import UP, Replica, UpstreamServer
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, plan_for_instance, run_operation
-from actions.operations.types import UNDRAIN, OperationResult, Plan, Refusal, probe_health, state_of, with_state
+from actions.operations.types import UNDRAIN, OperationResult, Plan, Refusal, state_of, with_state
 from core.config import ServiceConfig
 
 
@@ -22,7 +22,7 @@ def preflight(ctx: OperationContext, service: ServiceConfig, replica: Replica,
     state = state_of(upstream, replica)
     if state == UP:
         return upstream, True
-    health = probe_health(replica, service)
+    health = ctx.health(replica, service)
     if not health.healthy:
         raise Refusal(f"{replica.instance_id} is not healthy ({health.status}); not putting it back in rotation")
     if state is None:
