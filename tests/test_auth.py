@@ -19,6 +19,8 @@ from actions.auth import (
 )
 from core.config import AuthConfig, UserConfig
 
+pytestmark = pytest.mark.fast  # no services: the fast tier
+
 
 def test_hash_and_verify() -> None:
     hashed = hash_password("correct horse")

@@ -6,11 +6,15 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
+import pytest
+
 from actions.backends import DOCKER, LOCAL, ORCHESTRATORS, SWARM, backend_for, orchestrator_class, port_capacity
 from actions.backends.local import LocalOrchestrator
 from core.config import ServiceConfig, load_config
 from core.store import Store
 from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.fast  # no services: the fast tier
 
 
 def test_every_configurable_backend_is_registered() -> None:

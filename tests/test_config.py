@@ -14,6 +14,8 @@ import yaml
 from core.config import ConfigError, config_path, load_config, parse_config
 from tests.support import REPO_ROOT
 
+pytestmark = pytest.mark.fast  # no services: the fast tier
+
 DEMO = Path(REPO_ROOT) / "fleet.yaml"
 COMPOSE = Path(REPO_ROOT) / "compose" / "fleet.compose.yaml"
 

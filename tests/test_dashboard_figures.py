@@ -23,6 +23,8 @@ from dashboard.series import (
 )
 from dashboard.store_cache import CachedStore
 
+pytestmark = pytest.mark.fast  # no services: the fast tier
+
 
 def noisy(n: int, spike_at: int | None = None, spike: float = 1000.0, start: float = 0.0) -> Trace:
     rng = np.random.default_rng(7)

@@ -15,6 +15,8 @@ from core.store import Store
 from dashboard import queries, ranges, sample_data
 from dashboard.sample_data import FleetShape
 
+pytestmark = pytest.mark.fast  # no services: the fast tier
+
 NOW = 1_800_000_000.0
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from actions.proving.usl import efficiency, fit_usl, usl_throughput
 
+pytestmark = pytest.mark.fast  # no services: the fast tier
+
 
 @pytest.mark.parametrize(("lam", "sigma", "kappa"), [(1000.0, 0.05, 0.01), (420.0, 0.2, 0.002), (80.0, 0.0, 0.03)])
 def test_fit_recovers_known_parameters_exactly(lam: float, sigma: float, kappa: float) -> None:
