@@ -30,6 +30,7 @@ test: venv
 	scripts/ensure-system-packages.sh test
 	$(MAKE) node-helper
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -m fast
 	$(PYTHON) -m pytest -m integration
 
@@ -42,6 +43,7 @@ tests/node/node_modules/.installed: tests/node/package-lock.json
 
 lint: venv
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 bench: venv
 	for bench in bench/bench_*.py; do echo "== $$bench"; PYTHONPATH=. $(PYTHON) $$bench || exit 1; done

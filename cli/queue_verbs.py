@@ -97,7 +97,7 @@ def _ls(args: argparse.Namespace) -> int:
         return EXIT_OK
     header = ("queue", "paused", "waiting", "active", "delayed", "prioritized", "waiting-children", "completed",
               "failed", "oldest wait")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for row in rows:
         age = row["oldest_waiting_age_s"]
         lines.append((safe(row["queue"]), "yes" if row["is_paused"] else "", *(str(row[k]) for k in header[2:9]),

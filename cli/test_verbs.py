@@ -26,7 +26,7 @@ EXIT_REFUSED = 3
 EXIT_CANCELLED = 130
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     test = subparsers.add_parser("test", help="load, readiness and scaling tests (exit 0 only when they pass)")
     kinds = test.add_subparsers(dest="test_kind", metavar="KIND", required=True)
 

@@ -172,15 +172,15 @@ class AlertEvaluator:
                     )
                 )
         if source == "postgres":
-            ratio = value(source, target, "headroom_ratio")
-            if ratio is not None:
+            headroom_ratio = value(source, target, "headroom_ratio")
+            if headroom_ratio is not None:
                 headroom = value(source, target, "headroom") or 0
                 out.append(
                     self._fire(
                         "db_headroom",
                         target,
-                        ratio < r.db_headroom.threshold,
-                        f"{target}: only {headroom:.0f} connections left ({ratio:.0%} of the budget)",
+                        headroom_ratio < r.db_headroom.threshold,
+                        f"{target}: only {headroom:.0f} connections left ({headroom_ratio:.0%} of the budget)",
                         ts,
                     )
                 )

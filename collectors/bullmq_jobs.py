@@ -457,7 +457,7 @@ def job_view(client: QueueClient, job_id: str, max_bytes: int = VIEW_BYTES) -> J
 
 class FailureReason(NamedTuple):
     reason: str  # first line of failedReason, bounded
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count on purpose: the field reads best as `count`
     newest_id: str  # the newest failed job with this reason
 
 

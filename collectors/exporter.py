@@ -188,7 +188,7 @@ class MetricsServer:
         self.exporter = exporter
         self.host, self.port = parse_listen(listen)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(exporter)  # type: ignore[arg-type]
+        self.registry.register(exporter)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

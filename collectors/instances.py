@@ -409,13 +409,15 @@ class InstanceCollector:
             if value is not None:
                 out.append(sample(key, metric, value, ts))
         if target.metrics_path:
-            out.extend(await self._metrics(client, target, ts, have_rss=reading.memory_rss_bytes is not None))
+            out.extend(await self._metrics(client, target, target.metrics_path, ts,
+                                           have_rss=reading.memory_rss_bytes is not None))
         return out
 
-    async def _metrics(self, client: HttpClient, target: InstanceTarget, ts: float, have_rss: bool) -> list[Sample]:
+    async def _metrics(self, client: HttpClient, target: InstanceTarget, metrics_path: str, ts: float,
+                       have_rss: bool) -> list[Sample]:
         """A missing or broken /metrics page costs the metrics only, never the health reading."""
         try:
-            response = await client.get(target.base_url + target.metrics_path, target.timeout_s)
+            response = await client.get(target.base_url + metrics_path, target.timeout_s)
             if response.status != 200:
                 return []
             prom = parse_prometheus(response.text())

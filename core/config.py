@@ -183,10 +183,14 @@ class UserConfig(_Strict):
     password_hash: str | None = None
 
 
+def _everyone_viewer() -> dict[str, Role]:
+    return {"*": "viewer"}
+
+
 class AuthConfig(_Strict):
     users: list[UserConfig] = Field(default_factory=list)
     # the role each OS user gets on the CLI; '*' is everybody else
-    cli_roles: dict[str, Role] = Field(default_factory=lambda: {"*": "viewer"})
+    cli_roles: dict[str, Role] = Field(default_factory=_everyone_viewer)
     oidc: bool = False  # use st.login when Streamlit's [auth] secrets are configured
 
 

@@ -13,6 +13,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Severity = Literal["info", "warning", "critical"]
+GroupField = Literal["rule", "subject", "severity"]
+
+
+def _by_rule() -> list[GroupField]:
+    return ["rule"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -136,7 +141,7 @@ class Route(_Strict):
     rules: list[str] = Field(default_factory=list)
     min_severity: Severity = "info"
     # alerts with the same values of these fields share one notification: `rule`, `subject`, `severity`
-    group_by: list[Literal["rule", "subject", "severity"]] = Field(default_factory=lambda: ["rule"])
+    group_by: list[GroupField] = Field(default_factory=_by_rule)
     group_wait_s: Duration = Field(default=10.0, alias="group_wait")  # wait for siblings before the first message
     group_interval_s: Duration = Field(default=60.0, alias="group_interval")  # between messages about changes
     repeat_interval_s: Duration = Field(default=4 * 3600.0, alias="repeat_interval")  # re-send while unchanged

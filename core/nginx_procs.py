@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 from core.process import pid_alive, proc_cmdline, terminate, wait_gone
 
@@ -113,7 +113,14 @@ def stop_orphaned_workers(workers: list[NginxProcess], grace_s: float) -> dict[i
     return outcome
 
 
-def describe(processes: list[NginxProcess]) -> dict[str, object]:
+class ProcessState(TypedDict):
+    state: str  # running | orphaned | stopped
+    masters: list[int]
+    workers: list[int]
+    orphaned_workers: list[int]
+
+
+def describe(processes: list[NginxProcess]) -> ProcessState:
     """The load balancer's real process state, as JSON-able data for `status` and the dashboard."""
     masters = [p.pid for p in processes if p.role == MASTER]
     orphans = [p.pid for p in orphaned_workers(processes)]
@@ -124,4 +131,4 @@ def describe(processes: list[NginxProcess]) -> dict[str, object]:
         state = "orphaned"  # the master is gone (or a second one runs) and workers still hold the listen port
     else:
         state = "stopped"
-    return {"state": state, "masters": masters, "workers": workers, "orphaned_workers": orphans}
+    return ProcessState(state=state, masters=masters, workers=workers, orphaned_workers=orphans)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from actions.self_status import HEARTBEAT_STALE_S, collector_heartbeat
 from core.config import FleetConfig
-from core.store import Store
+from core.store import StoreView
 from dashboard import outage, ranges
 
 
@@ -71,13 +71,13 @@ def render_self_health(config: FleetConfig) -> None:
             st.caption(text)
 
 
-def render_fleet_faults(config: FleetConfig, store: Store, stale_after_s: float) -> None:
+def render_fleet_faults(config: FleetConfig, store: StoreView, stale_after_s: float) -> None:
     """Above every page: fleetdeck's own health, then which kind of outage the fleet has (if any)."""
     render_self_health(config)
     render_outage_summary(store, stale_after_s)
 
 
-def render_outage_summary(store: Store, stale_after_s: float) -> None:
+def render_outage_summary(store: StoreView, stale_after_s: float) -> None:
     """Dependency outage vs instance outage vs stale data, in one line each (nothing when all is well)."""
     try:
         summary = outage.summarise(store, time.time(), stale_after_s)
@@ -91,7 +91,7 @@ def render_outage_summary(store: Store, stale_after_s: float) -> None:
             st.warning(line, icon=":material/link_off:")
 
 
-def lb_process_lines(store: Store, config: FleetConfig) -> list[tuple[str, str]]:
+def lb_process_lines(store: StoreView, config: FleetConfig) -> list[tuple[str, str]]:
     """The managed nginx's real process state: /proc now, and what the collector last recorded."""
     lb = config.load_balancer
     if lb is None or lb.mode != "managed":
@@ -103,17 +103,17 @@ def lb_process_lines(store: Store, config: FleetConfig) -> list[tuple[str, str]]
     except Exception as error:
         return [("warning", f"Cannot inspect the nginx processes: {type(error).__name__}: {error}")]
     if state["state"] == "orphaned":
-        orphans = ", ".join(map(str, state["orphaned_workers"]))  # type: ignore[call-overload]
+        orphans = ", ".join(map(str, state["orphaned_workers"]))
         return [("error", f"nginx master is gone: worker(s) {orphans} still serve the last configuration, but"
                           " no change (drain, scale) can reach them. `fleetdeck up` replaces them gracefully.")]
     if state["state"] == "stopped":
         return [("error", "nginx is not running (no master, no workers): the app is not reachable through the"
                           f" load balancer at {lb.listen}. `fleetdeck up` starts it.")]
     masters = state["masters"]
-    return [("ok", f"nginx master pid {masters[0]} running with {len(state['workers'])} worker(s).")]  # type: ignore[index,arg-type]
+    return [("ok", f"nginx master pid {masters[0]} running with {len(state['workers'])} worker(s).")]
 
 
-def render_lb_process(store: Store, config: FleetConfig) -> None:
+def render_lb_process(store: StoreView, config: FleetConfig) -> None:
     for level, text in lb_process_lines(store, config):
         if level == "error":
             st.error(text, icon=":material/alt_route:")

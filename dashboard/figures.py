@@ -61,7 +61,7 @@ def _base_layout(title: str, unit: str, height: int) -> dict[str, Any]:
 def event_markers(events: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Audit-log events as dotted vertical lines (shapes) with a hoverable marker on top (annotations)."""
     shown = sorted(events, key=lambda e: e.ts)[-MAX_EVENT_MARKERS:]
-    xs = to_axis_ms([e.ts for e in shown]) if shown else []
+    xs: np.ndarray | list[float] = to_axis_ms([e.ts for e in shown]) if shown else []
     shapes = [
         {"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
          "line": {"color": EVENT_COLOUR, "width": 1, "dash": "dot"}}

@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
     from core.config import FleetConfig
-    from core.store import Store
+    from core.store import StoreView
 
 
 def _principal() -> auth_gate.Principal:
     return auth_gate.current_principal() or auth_gate.ANONYMOUS
 
 
-def render_instance_actions(slot: DeltaGenerator, config: FleetConfig, store: Store, instance_target: str) -> None:
+def render_instance_actions(slot: DeltaGenerator, config: FleetConfig, store: StoreView, instance_target: str) -> None:
     """Draw the action buttons for `instance_target` ("<service>/<instance_id>") into `slot`."""
     del store  # the page's store reads through a cache; actions need fresh reads
     service = instance_target.partition("/")[0]

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from core.store import Latest, Store
+from core.store import Latest, StoreView
 
 OK = "ok"
 UNREACHABLE = "unreachable"
@@ -43,7 +43,7 @@ class OutageSummary:
         return {row.kind for row in self.rows}
 
 
-def _latest_by_target(store: Store, source: str) -> dict[str, dict[str, Latest]]:
+def _latest_by_target(store: StoreView, source: str) -> dict[str, dict[str, Latest]]:
     rows: dict[str, dict[str, Latest]] = defaultdict(dict)
     for latest in store.latest(source=source):
         if not latest.series.labels:
@@ -55,7 +55,7 @@ def _clip(text: str | None) -> str:
     return (text or "").replace("\n", " ")[:TEXT_LIMIT]
 
 
-def server_traffic(store: Store) -> dict[str, tuple[float | None, float | None]]:
+def server_traffic(store: StoreView) -> dict[str, tuple[float | None, float | None]]:
     """upstream address -> (requests/s, 5xx/s) as nginx last reported them."""
     traffic: dict[str, tuple[float | None, float | None]] = {}
     for target, metrics in _latest_by_target(store, "nginx").items():
@@ -68,7 +68,7 @@ def server_traffic(store: Store) -> dict[str, tuple[float | None, float | None]]
     return traffic
 
 
-def registry_addresses(store: Store) -> dict[str, str]:
+def registry_addresses(store: StoreView) -> dict[str, str]:
     """"service/instance" -> "host:port" from the replica registry (how nginx names the same instance)."""
     try:
         return {f"{r.service}/{r.instance_id}": f"{r.host}:{r.port}" for r in store.replicas()}
@@ -97,7 +97,7 @@ def classify(metrics: Mapping[str, Latest], reference_ts: float, stale_after_s: 
     return OK, word or "pass"
 
 
-def summarise(store: Store, now: float, stale_after_s: float,
+def summarise(store: StoreView, now: float, stale_after_s: float,
               instance_addresses: Mapping[str, str] | None = None) -> OutageSummary:
     instances = _latest_by_target(store, "instance")
     if not instances:

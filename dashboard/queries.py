@@ -19,7 +19,7 @@ from dashboard.ranges import Window
 from dashboard.series import Trace, sum_traces, trace_from_columns
 
 if TYPE_CHECKING:
-    from core.store import Event, Latest, SeriesInfo, Store, TargetStatus
+    from core.store import Event, Latest, SeriesInfo, StoreView, TargetStatus
 
 # what the store is asked for per trace: about one point per horizontal pixel of a half-width chart (the
 # figures cap at 2,000 anyway); more only grows the browser payload
@@ -65,7 +65,7 @@ def is_server_target(target: str) -> bool:
     return "/" in target
 
 
-def latest_by_target(store: Store, source: str, metric: str | None = None) -> dict[str, dict[str, Latest]]:
+def latest_by_target(store: StoreView, source: str, metric: str | None = None) -> dict[str, dict[str, Latest]]:
     """target → metric → newest value, for series without labels (labelled ones: `labelled_latest`)."""
     table: dict[str, dict[str, Latest]] = defaultdict(dict)
     for row in store.latest(source=source, metric=None if metric is None else catalogue.metric(source, metric)):
@@ -74,7 +74,7 @@ def latest_by_target(store: Store, source: str, metric: str | None = None) -> di
     return dict(table)
 
 
-def labelled_latest(store: Store, source: str, metric: str, target: str | None = None) -> list[Latest]:
+def labelled_latest(store: StoreView, source: str, metric: str, target: str | None = None) -> list[Latest]:
     """The labelled series of the newest scrape only: a label set that vanished (an app that disconnected)
     keeps its last row in the store forever, so rows older than the newest one by more than 1 s are dropped."""
     rows = [r for r in store.latest(source=source, metric=catalogue.metric(source, metric), target=target)
@@ -99,12 +99,12 @@ def newest_ts(metrics: dict[str, Latest]) -> float | None:
     return max((r.ts for r in metrics.values()), default=None)
 
 
-def source_newest_ts(store: Store, source: str) -> float | None:
+def source_newest_ts(store: StoreView, source: str) -> float | None:
     """When a source last answered: the freshness caption of a panel (a failed scrape brings no new data)."""
     return max((s.last_ok_ts for s in store.target_statuses(source=source) if s.last_ok_ts is not None), default=None)
 
 
-def unreachable(store: Store, source: str, targets: Iterable[str] | None = None) -> list[TargetStatus]:
+def unreachable(store: StoreView, source: str, targets: Iterable[str] | None = None) -> list[TargetStatus]:
     """Targets whose last collection failed (up=0), with the error and the last success."""
     wanted = set(targets) if targets is not None else None
     return [
@@ -115,7 +115,7 @@ def unreachable(store: Store, source: str, targets: Iterable[str] | None = None)
 
 
 def fetch(
-    store: Store,
+    store: StoreView,
     window: Window,
     source: str,
     metric: str,
@@ -146,7 +146,7 @@ def summed(name: str, traces: Sequence[Trace], window: Window, buckets: int = CH
     return [total] if len(total) else []
 
 
-def events_in(store: Store, window: Window) -> list[Event]:
+def events_in(store: StoreView, window: Window) -> list[Event]:
     """Audit-log and annotation events of the window: the markers every time chart carries (an action's outcome,
     replica start/stop/dead; the step-by-step progress of actions is kept apart, see actions/audit.py)."""
     return store.events(window.start, window.end)
@@ -174,7 +174,7 @@ def newest_of(rows: dict[str, dict[str, Latest]]) -> float:
 # -------------------------------------------------------------------------------------------------- overview
 
 
-def overview_tiles(store: Store, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[Tile]:
+def overview_tiles(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[Tile]:
     instances = current(latest_by_target(store, "instance"), stale_after_s)
     up_count = sum(1 for m in instances.values() if (value_of(m, "up") or 0) >= 1)
     total = len(instances)
@@ -223,7 +223,7 @@ def overview_tiles(store: Store, stale_after_s: float = DEFAULT_STALE_AFTER_S) -
     ]
 
 
-def overview_charts(store: Store, window: Window) -> list[Chart]:
+def overview_charts(store: StoreView, window: Window) -> list[Chart]:
     up = fetch(store, window, "instance", "up")
     nginx_rps = fetch(store, window, "nginx", "requests_per_s", keep=lambda i: not is_server_target(i.target))
     server_5xx = fetch(store, window, "nginx", "status_5xx_per_s", keep=lambda i: is_server_target(i.target))
@@ -278,7 +278,7 @@ INSTANCE_COLUMNS = [
 ]
 
 
-def instances_table(store: Store, now: float, window: Window, stale_after_s: float = DEFAULT_STALE_AFTER_S
+def instances_table(store: StoreView, now: float, window: Window, stale_after_s: float = DEFAULT_STALE_AFTER_S
                     ) -> pd.DataFrame:
     """One row per instance seen within the window (older ones were scaled away), worst status first."""
     rows: list[dict[str, Any]] = []
@@ -341,7 +341,7 @@ class InstanceDetail:
     charts: list[Chart]
 
 
-def instance_detail(store: Store, target: str, window: Window,
+def instance_detail(store: StoreView, target: str, window: Window,
                     stale_after_s: float = DEFAULT_STALE_AFTER_S) -> InstanceDetail:
     instances = latest_by_target(store, "instance")
     metrics = instances.get(target, {})
@@ -390,7 +390,7 @@ SERVER_COLUMNS = ["load_balancer", "server", "state", "requests_per_s", "status_
                   "p50_ms", "p95_ms", "failed_attempts", "last_seen_s"]
 
 
-def lb_servers_table(store: Store, now: float, window: Window) -> pd.DataFrame:
+def lb_servers_table(store: StoreView, now: float, window: Window) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for target, metrics in latest_by_target(store, "nginx").items():
         if not is_server_target(target) or (newest_ts(metrics) or 0) < window.start:
@@ -416,7 +416,7 @@ def lb_servers_table(store: Store, now: float, window: Window) -> pd.DataFrame:
 NGINX_TOTALS = ("requests_per_s", "active", "reading", "writing", "waiting", "accepts", "handled", "requests_total")
 
 
-def lb_totals(store: Store) -> dict[str, dict[str, float | None]]:
+def lb_totals(store: StoreView) -> dict[str, dict[str, float | None]]:
     """nginx:<lb> → stub_status totals."""
     return {
         target: {metric: value_of(metrics, metric) for metric in NGINX_TOTALS}
@@ -425,7 +425,7 @@ def lb_totals(store: Store) -> dict[str, dict[str, float | None]]:
     }
 
 
-def lb_charts(store: Store, window: Window) -> list[Chart]:
+def lb_charts(store: StoreView, window: Window) -> list[Chart]:
     def servers(info: SeriesInfo) -> bool:
         return is_server_target(info.target)
 
@@ -447,7 +447,7 @@ def lb_charts(store: Store, window: Window) -> list[Chart]:
 # ---------------------------------------------------------------------------------------------------- queues
 
 
-def queues_table(store: Store, window: Window) -> pd.DataFrame:
+def queues_table(store: StoreView, window: Window) -> pd.DataFrame:
     """queue × state: the current count and a sparkline of the window (lists for LineChartColumn)."""
     latest = {t: m for t, m in latest_by_target(store, "bullmq").items() if "waiting" in m}
     rows: list[dict[str, Any]] = []
@@ -479,7 +479,7 @@ class QueueWorkers(NamedTuple):
         return self.workers == 0 and self.waiting > 0 and not self.paused
 
 
-def queue_workers(store: Store) -> list[QueueWorkers]:
+def queue_workers(store: StoreView) -> list[QueueWorkers]:
     result = []
     for target, metrics in sorted(latest_by_target(store, "bullmq").items()):
         if "workers" not in metrics and "waiting" not in metrics:
@@ -494,7 +494,7 @@ def queue_workers(store: Store) -> list[QueueWorkers]:
     return result
 
 
-def queue_charts(store: Store, window: Window, queue: str) -> list[Chart]:
+def queue_charts(store: StoreView, window: Window, queue: str) -> list[Chart]:
     def only(info: SeriesInfo) -> bool:
         return info.target == queue
 
@@ -526,11 +526,11 @@ class PostgresView:
     max_connections: float | None
 
 
-def postgres_targets(store: Store) -> list[str]:
+def postgres_targets(store: StoreView) -> list[str]:
     return sorted(t for t in latest_by_target(store, "postgres") if not t.startswith("pgbouncer"))
 
 
-def postgres_view(store: Store, target: str) -> PostgresView:
+def postgres_view(store: StoreView, target: str) -> PostgresView:
     metrics = latest_by_target(store, "postgres").get(target, {})
     connections = labelled_latest(store, "postgres", "connections", target=target)
     by_state: dict[str, float] = defaultdict(float)
@@ -568,7 +568,7 @@ def postgres_view(store: Store, target: str) -> PostgresView:
     return PostgresView(target, dict(by_state), by_app, tiles, budget, limit)
 
 
-def postgres_charts(store: Store, window: Window, target: str) -> list[Chart]:
+def postgres_charts(store: StoreView, window: Window, target: str) -> list[Chart]:
     def only(info: SeriesInfo) -> bool:
         return info.target == target and not info.labels
 
@@ -603,7 +603,7 @@ def summed_by_name(traces: Sequence[Trace], window: Window) -> list[Trace]:
 PGBOUNCER_POOL_COLUMNS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait_s")
 
 
-def pgbouncer_pools(store: Store, target: str) -> pd.DataFrame:
+def pgbouncer_pools(store: StoreView, target: str) -> pd.DataFrame:
     """PgBouncer SHOW POOLS of one Postgres target (metrics `pgbouncer_*` labelled database/user); empty without
     PgBouncer."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -631,11 +631,11 @@ class RedisView:
     tiles: list[Tile]
 
 
-def redis_targets(store: Store) -> list[str]:
+def redis_targets(store: StoreView) -> list[str]:
     return sorted(latest_by_target(store, "redis"))
 
 
-def redis_view(store: Store, target: str, window: Window) -> RedisView:
+def redis_view(store: StoreView, target: str, window: Window) -> RedisView:
     metrics = latest_by_target(store, "redis").get(target, {})
     used = value_of(metrics, "used_memory_bytes")
     maxmemory = value_of(metrics, "maxmemory_bytes")
@@ -663,7 +663,7 @@ def redis_view(store: Store, target: str, window: Window) -> RedisView:
                      None if policy_value is None else policy_value >= 1, tiles)
 
 
-def redis_charts(store: Store, window: Window, target: str) -> list[Chart]:
+def redis_charts(store: StoreView, window: Window, target: str) -> list[Chart]:
     def only(info: SeriesInfo) -> bool:
         return info.target == target
 

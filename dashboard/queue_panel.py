@@ -112,10 +112,10 @@ def _summary(store: Store, ref: QueueRef, client: QueueClient, counts: bullmq_jo
                 help="How long the oldest waiting job has waited (its timestamp to now).")
     if minutes:
         recent = minutes[-15:]
-        completed = sum(p.completed for p in recent)
-        failed = sum(p.failed for p in recent)
-        ratio = failure_ratio(completed, failed)
-        per_min = f"{completed / len(recent):,.1f} / {failed / len(recent):,.1f}"
+        completed_total = sum(p.completed for p in recent)
+        failed_total = sum(p.failed for p in recent)
+        ratio = failure_ratio(completed_total, failed_total)
+        per_min = f"{completed_total / len(recent):,.1f} / {failed_total / len(recent):,.1f}"
         middle.metric("Completed / failed per min (15 min)", per_min,
                       help="From BullMQ's metrics keys, recorded by workers with metrics.maxDataPoints.")
         right.metric("Failure ratio (15 min)", f"{100 * ratio:.1f}%" if ratio is not None else "—")

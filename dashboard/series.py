@@ -55,7 +55,7 @@ def trace_from_columns(name: str, columns: Sequence[Sequence[float]]) -> Trace:
     costs no Python object per point on its way from SQLite to plotly."""
     arrays = []
     for column in columns:
-        array = np.frombuffer(column, dtype=float) if len(column) else np.empty(0)
+        array = np.frombuffer(column, dtype=float) if len(column) else np.empty(0)  # type: ignore[call-overload]
         # a view of the (possibly cached, shared) store answer: writing through it would change other sessions' charts
         array.flags.writeable = False
         arrays.append(array)

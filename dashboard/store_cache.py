@@ -61,7 +61,7 @@ class CachedStore:
             if found is not None and now - found[0] < ttl_s:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return found[1]  # type: ignore[no-any-return]
+                return found[1]
         # computed outside the lock: a slow query must not serialise every other session's reads
         value = compute()
         with self._lock:

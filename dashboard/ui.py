@@ -122,7 +122,7 @@ def range_label() -> str:
 def live(function: F) -> F:
     """Run `function` as a fragment that reruns itself at the chosen auto-refresh interval."""
     interval = ranges.refresh_seconds(str(st.session_state.get(REFRESH_KEY, ranges.DEFAULT_REFRESH)))
-    return st.fragment(run_every=interval)(function)  # type: ignore[return-value]
+    return st.fragment(run_every=interval)(function)
 
 
 def stale_after(config: FleetConfig, source: str) -> float:
@@ -146,7 +146,7 @@ class PanelData:
     events: list[Event]
 
 
-def panel_data(store_: Store) -> PanelData:
+def panel_data(store_: StoreView) -> PanelData:
     """Computed at the start of every (fragment) run, so the window moves with the refresh."""
     now = time.time()
     window = ranges.window(range_label(), now)
@@ -157,7 +157,7 @@ def panel_data(store_: Store) -> PanelData:
     return PanelData(now, window, events)
 
 
-def freshness(store_: Store, source: str, now: float, stale_after_s: float) -> None:
+def freshness(store_: StoreView, source: str, now: float, stale_after_s: float) -> None:
     """The caption under a panel title: how old the newest sample is; a warning when collection stalled."""
     newest = queries.source_newest_ts(store_, source)
     text = ranges.freshness(newest, now)
@@ -168,7 +168,7 @@ def freshness(store_: Store, source: str, now: float, stale_after_s: float) -> N
         st.caption(text)
 
 
-def freshness_by_source(store_: Store, config: FleetConfig, sources: Sequence[str], now: float) -> None:
+def freshness_by_source(store_: StoreView, config: FleetConfig, sources: Sequence[str], now: float) -> None:
     """One caption for a panel fed by several sources: each source's age; a warning names the stalled ones."""
     parts, stalled = [], []
     for source in sources:
@@ -251,10 +251,9 @@ def table(frame: pd.DataFrame, name: str, key: str, column_config: dict[str, Any
         if status_column:
             styler = styler.map(status_style, subset=[status_column])
         shown = styler
-    if height == "auto":
-        # every row visible up to ~20 (Streamlit's auto height stops at 10 and scrolls): 35 px a row + header
-        height = min(38 + 35 * max(len(frame), 1), 740)
-    st.dataframe(shown, hide_index=True, column_config=column_config, key=f"{key}-table", height=height)
+    # "auto": every row visible up to ~20 (Streamlit's auto height stops at 10 and scrolls): 35 px a row + header
+    pixels = min(38 + 35 * max(len(frame), 1), 740) if height == "auto" else int(height)
+    st.dataframe(shown, hide_index=True, column_config=column_config, key=f"{key}-table", height=pixels)
     exportable = frame[[c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, list)).all()]]
     st.download_button(
         f"Download {name} (CSV)", exportable.to_csv(index=False).encode(), file_name=f"fleetdeck-{key}.csv",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support import PYTHON, REPO_ROOT
 
-TEST_TOOLS = {"pytest", "pytest-timeout", "playwright", "ruff", "aiosmtpd"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "playwright", "ruff", "aiosmtpd", "mypy"}
 
 
 def _name(requirement: str) -> str:

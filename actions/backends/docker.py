@@ -19,6 +19,7 @@ runs in a container.
 from __future__ import annotations
 
 import argparse
+import builtins
 import concurrent.futures
 import contextlib
 import json
@@ -329,7 +330,7 @@ class DockerOrchestrator:
         mirror_replicas(self.store, BACKEND, service.name, replicas, recorded)
         return replicas
 
-    def live(self, service: ServiceConfig) -> list[Replica]:
+    def live(self, service: ServiceConfig) -> builtins.list[Replica]:
         return [r for r in self.list(service) if r.state in LIVE_STATES]
 
     def _taken_ports(self) -> set[int]:
@@ -533,7 +534,7 @@ class DockerOrchestrator:
 
     # -- resource samples
 
-    def stats_samples(self, service: ServiceConfig, now: float | None = None) -> list[Sample]:
+    def stats_samples(self, service: ServiceConfig, now: float | None = None) -> builtins.list[Sample]:
         """Container CPU % and memory of every running replica (one stats call each, all in parallel: each takes
         ~1 s because the daemon waits for a second reading to take the CPU difference from, and the collector's
         timeout must not grow with the replica count)."""

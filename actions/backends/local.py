@@ -9,6 +9,7 @@ kernel recycled for another program is never adopted (or signalled).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -128,7 +129,7 @@ class LocalOrchestrator:
             replicas.append(self._to_replica(record))
         return sorted(replicas, key=lambda r: (self._instance_number(service, r.instance_id) or 0, r.instance_id))
 
-    def live(self, service: ServiceConfig) -> list[Replica]:
+    def live(self, service: ServiceConfig) -> builtins.list[Replica]:
         return [r for r in self.list(service) if r.state in LIVE_STATES]
 
     def _taken_ports(self) -> set[int]:

@@ -26,6 +26,7 @@ from core.config import FleetConfig, LoadBalancerConfig
 from core.nginx_procs import (
     MASTER,
     NginxProcess,
+    ProcessState,
     describe,
     orphaned_workers,
     own_nginx_processes,
@@ -274,7 +275,7 @@ class ManagedNginx:
         """Our nginx processes as /proc shows them, orphaned workers included (core/nginx_procs.py)."""
         return own_nginx_processes(self.prefix, self.conf_path)
 
-    def process_state(self) -> dict[str, object]:
+    def process_state(self) -> ProcessState:
         """running | orphaned (master gone, workers still serving) | stopped, with the pids."""
         return describe(self.processes())
 

@@ -14,6 +14,7 @@ Single-node swarms only for `stop` (it stops the task's container through this n
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import time
@@ -149,7 +150,7 @@ class SwarmOrchestrator:
         mirror_replicas(self.store, BACKEND, service.name, replicas, recorded)
         return replicas
 
-    def live(self, service: ServiceConfig) -> list[Replica]:
+    def live(self, service: ServiceConfig) -> builtins.list[Replica]:
         return [r for r in self.list(service) if r.state in LIVE_STATES]
 
     def scale(self, service: ServiceConfig, replicas: int, attempts: int = 10) -> None:

@@ -18,14 +18,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actions.backends.base import LIVE_STATES
 from actions.operations import FleetActions
 from actions.proving.scorecard import FAIL, PASS, RULES_BY_ID, UNKNOWN
 from actions.proving.usl import efficiency, fit_usl
 from core.config import FleetConfig, ServiceConfig
-from core.store import Fact, Store
+from core.store import Fact, RecordsReader, Store
+
+if TYPE_CHECKING:
+    from actions.proving.loadgen import Progress
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def latest_key(service: str) -> str:
     return f"scaling:latest:{service}"
 
 
-def latest_scaling_run(store: Store, service: str) -> dict[str, Any] | None:
+def latest_scaling_run(store: RecordsReader, service: str) -> dict[str, Any] | None:
     pointer = store.get_kv(latest_key(service))
     return store.get_kv(run_key(pointer["run_id"])) if pointer else None
 
@@ -170,8 +173,7 @@ def run_scaling(
             spec = LoadSpec(url=url, method=options.method, connections=options.connections,
                             duration_s=options.step_seconds, max_requests=2_000_000, workers=options.workers,
                             timeout_s=5.0)
-            result = run_load(spec, cancel=cancel, handle_sigint=False,
-                              progress=lambda p, n=n: say(phase="load", replicas=n, step=n - 1, live=p.to_dict()))
+            result = run_load(spec, cancel=cancel, handle_sigint=False, progress=_step_progress(say, n))
             if result.stop_reason == "cancelled":
                 break
             elapsed = max(result.elapsed_s, 1e-6)
@@ -227,3 +229,12 @@ def _scaler(config: FleetConfig, store: Store, principal: Any,
         return sum(1 for r in actions.orchestrator(service).list(service) if r.state in LIVE_STATES)
 
     return scale_to, "actions.operations.FleetActions.scale", live_count
+
+
+def _step_progress(say: Callable[..., None], replicas: int) -> Callable[[Progress], None]:
+    """The load generator's progress of one step, reported with the step's replica count."""
+
+    def report(progress: Progress) -> None:
+        say(phase="load", replicas=replicas, step=replicas - 1, live=progress.to_dict())
+
+    return report

@@ -21,7 +21,7 @@ from typing import Any
 
 from actions.auth import require
 from core.config import FleetConfig
-from core.store import Store
+from core.store import RecordsReader, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def cancel_key(run_id: str) -> str:
     return f"testrun:{run_id}:cancel"
 
 
-def get_run(store: Store, run_id: str) -> dict[str, Any] | None:
+def get_run(store: RecordsReader, run_id: str) -> dict[str, Any] | None:
     return store.get_kv(doc_key(run_id))
 
 
-def list_runs(store: Store, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
+def list_runs(store: RecordsReader, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
     """Newest first."""
     ids = (store.get_kv(INDEX_KEY) or {}).get("ids", [])
     runs = []

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from sqlalchemy import (
+    CursorResult,
     delete,
     select,
 )
@@ -46,7 +48,7 @@ class OpsStore(Database):
             "details": json.dumps(details or {}, default=str),
         }
         with self._engine.begin() as conn:
-            return int(conn.execute(event_table.insert().values(row)).inserted_primary_key[0])
+            return _new_id(conn.execute(event_table.insert().values(row)))
 
     def events(self, start: float, end: float, kind: str | None = None, target: str | None = None) -> list[Event]:
         e = event_table.c
@@ -74,7 +76,7 @@ class OpsStore(Database):
             "details": json.dumps(details or {}, default=str),
         }
         with self._engine.begin() as conn:
-            return int(conn.execute(progress_table.insert().values(row)).inserted_primary_key[0])
+            return _new_id(conn.execute(progress_table.insert().values(row)))
 
     def progress(self, op_id: str, since: float | None = None) -> list[Progress]:
         """The steps of one operation, oldest first (since `since` when given)."""
@@ -137,7 +139,7 @@ class OpsStore(Database):
         for key in ("params", "before", "after"):
             row[key] = json.dumps(row[key] or {}, default=str, sort_keys=True)
         with self._engine.begin() as conn:
-            return int(conn.execute(audit_table.insert().values(row)).inserted_primary_key[0])
+            return _new_id(conn.execute(audit_table.insert().values(row)))
 
     def audit(
         self,
@@ -228,7 +230,7 @@ class OpsStore(Database):
         row.pop("id")
         row["evidence"] = json.dumps(row["evidence"] or {}, default=str, sort_keys=True)
         with self._engine.begin() as conn:
-            return int(conn.execute(fact_table.insert().values(row)).inserted_primary_key[0])
+            return _new_id(conn.execute(fact_table.insert().values(row)))
 
     def facts(self, run_id: str | None = None, rule: str | None = None) -> list[Fact]:
         fc = fact_table.c
@@ -267,3 +269,10 @@ class OpsStore(Database):
         with self._engine.connect() as conn:
             value = conn.execute(select(kv_table.c.value).where(kv_table.c.key == key)).scalar()
         return None if value is None else json.loads(value)
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    """The id the database gave the row just inserted."""
+    key = result.inserted_primary_key
+    assert key is not None  # an INSERT of one row into a table with an autoincrement key always has one
+    return int(key[0])

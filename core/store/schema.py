@@ -314,7 +314,7 @@ class Database:
         """floor(column / step) * step with `step` inlined: Postgres only matches GROUP BY expressions textually,
         and two bind parameters ($1, $2) would make them differ. SQLite may lack floor(); ts is positive, so
         truncation is floor there."""
-        step_sql = literal_column(str(int(step)))
+        step_sql: ColumnElement[Any] = literal_column(str(int(step)))
         if self.dialect == "sqlite":
             return cast(column / step_sql, Integer) * step_sql
         return func.floor(column / step_sql) * step_sql

@@ -276,13 +276,12 @@ class SeriesQueries(Database):
             parts = self._parts(conn, ids, start, end, step, lookback=lookback).subquery("parts")
             # A rollup row's counter reading is its max (counters only grow between resets); a raw row's is its value.
             reading = select(parts.c.series_id, parts.c.t, parts.c.mx.label("v")).subquery("reading")
-            window = {"partition_by": reading.c.series_id, "order_by": reading.c.t}
             diffs = select(
                 reading.c.series_id,
                 reading.c.t,
                 reading.c.v,
-                func.lag(reading.c.v).over(**window).label("pv"),
-                func.lag(reading.c.t).over(**window).label("pt"),
+                func.lag(reading.c.v).over(partition_by=reading.c.series_id, order_by=reading.c.t).label("pv"),
+                func.lag(reading.c.t).over(partition_by=reading.c.series_id, order_by=reading.c.t).label("pt"),
             ).subquery("diffs")
             # a drop means the counter restarted from zero: the increase since the reset is the new value itself
             increase = case((diffs.c.v >= diffs.c.pv, diffs.c.v - diffs.c.pv), else_=diffs.c.v)

@@ -302,7 +302,7 @@ class TimeSeriesStore(SeriesQueries):
         src = source.c
         ts = src[ts_column]
         all_ids = self._all_series_ids()
-        chunk_start = lo
+        chunk_start: float = lo
         while chunk_start < hi and all_ids:
             with self._engine.connect() as conn:
                 # skip empty stretches (a collector that was off for weeks) instead of walking them chunk by chunk

@@ -66,4 +66,5 @@ else:
     st.caption("Queues appear here once the bullmq collector has found them.")
 
 st.subheader("Browse and act")
-queue_panel.render(config, store, auth_gate.current_principal() or auth_gate.ANONYMOUS)
+# the panel acts (retry, drain, ...) and follows the action's progress: it gets the store without the read cache
+queue_panel.render(config, ui.live_store(), auth_gate.current_principal() or auth_gate.ANONYMOUS)

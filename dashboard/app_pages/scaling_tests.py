@@ -51,7 +51,7 @@ with st.expander("Start a test", expanded=not testruns.list_runs(store, limit=1)
     if st.button("Start", type="primary", disabled=not may_run, icon=":material/play_arrow:",
                  help=None if may_run else f"needs the operator role (you are {principal.role})"):
         try:
-            st.session_state[SELECTED_KEY] = testruns.start(config, store, principal, kind, params)
+            st.session_state[SELECTED_KEY] = testruns.start(config, ui.live_store(), principal, kind, params)
         except Exception as error:  # refused, bad parameters: say so, don't crash the page
             st.error(f"Could not start: {error}")
 
@@ -75,7 +75,7 @@ def live_panel() -> None:
     verdict = "" if doc.get("passed") is None else (" · :green[pass]" if doc["passed"] else " · :red[not passed]")
     head.markdown(f"**{doc['kind']}** run `{doc['run_id']}` by {doc.get('who', '?')} — **{doc['state']}**{verdict}")
     if running and button.button("Cancel", icon=":material/stop:", disabled=not allowed(principal, "stop_test")):
-        testruns.request_cancel(store, doc["run_id"], principal.name)
+        testruns.request_cancel(ui.live_store(), doc["run_id"], principal.name)
     st.progress(float(doc.get("progress") or 0.0), text=doc.get("message") or "")
     if running and time.time() - doc.get("updated_at", 0) > 30:
         st.warning("No progress for 30 s: the process running this test may have stopped.")

@@ -31,7 +31,7 @@ st.title("Readiness scorecard")
 top_left, top_right = st.columns([3, 1])
 if top_right.button("Run readiness now", icon=":material/fact_check:", disabled=not allowed(principal, "start_test"),
                     help="runs every rule against the live fleet (restarts and drains one instance)"):
-    run_id = testruns.start(config, store, principal, "readiness", {"rules": "all"})
+    run_id = testruns.start(config, ui.live_store(), principal, "readiness", {"rules": "all"})
     st.toast(f"readiness run {run_id} started; it appears here when its first rule is measured")
 
 all_facts = store.facts()
@@ -42,7 +42,7 @@ if not runs:
 
 labels = {r.run_id: f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r.ts))} · {r.level or 'no level'} · "
                     f"{r.percent:.0f}% · {r.run_id}" for r in reversed(runs)}
-run_id = top_left.selectbox("Run", list(labels), format_func=labels.get)
+run_id = top_left.selectbox("Run", list(labels), format_func=lambda run: labels.get(run, run))
 facts = [f for f in all_facts if f.run_id == run_id]
 card = scorecard.score(facts, run_id)
 

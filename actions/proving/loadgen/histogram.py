@@ -134,8 +134,15 @@ class Histogram:
         assert isinstance(buckets, dict)
         for index, count in buckets.items():
             histogram.counts[int(index)] = int(count)
-        histogram.total = int(data.get("total", 0))  # type: ignore[arg-type]
-        histogram.sum_us = int(data.get("sum_us", 0))  # type: ignore[arg-type]
-        histogram.min_us = int(data.get("min_us", 0))  # type: ignore[arg-type]
-        histogram.max_us = int(data.get("max_us", 0))  # type: ignore[arg-type]
+        histogram.total = _whole(data.get("total", 0))
+        histogram.sum_us = _whole(data.get("sum_us", 0))
+        histogram.min_us = _whole(data.get("min_us", 0))
+        histogram.max_us = _whole(data.get("max_us", 0))
         return histogram
+
+
+def _whole(value: object) -> int:
+    """An int field of a serialised histogram; anything else is a corrupt document."""
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise ValueError(f"histogram field is not a number: {value!r}")

@@ -479,7 +479,8 @@ def _run_processes(
                     time.sleep(0.2)  # a final message may still be in the pipe
                     with contextlib.suppress(queue_module.Empty):
                         while True:
-                            _handle(*results.get_nowait(), latest, finals, worker_errors, pending)
+                            kind, index, payload = results.get_nowait()
+                            _handle(kind, index, payload, latest, finals, worker_errors, pending)
                     for index in dead:
                         if index in pending:
                             worker_errors.append(f"worker {index}: exited with code {processes[index].exitcode}")
@@ -501,7 +502,8 @@ def _run_processes(
                 process.join(timeout=2.0)
         results.close()
     # a worker that died keeps its last progress snapshot, so its requests are not lost from the totals
-    return [finals.get(index, latest.get(index)) for index in range(spec.workers) if index in finals or index in latest]
+    return [finals[index] if index in finals else latest[index]
+            for index in range(spec.workers) if index in finals or index in latest]
 
 
 @contextlib.contextmanager
