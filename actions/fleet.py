@@ -249,7 +249,7 @@ def desired_replicas(store: Store, service: ServiceConfig) -> int:
     Without this a later `up` would silently undo an operator's scale. The bounds are the effective ones (an
     admin's `fleetdeck limits` override wins over the config), so `up` never starts more or fewer than allowed.
     """
-    # imported here, not at the top: fleet.py needs only this one rule from the actions API (operations.py)
+    # imported here, not at the top: fleet.py needs only this one rule of the actions API (operations/limits.py)
     from actions.operations import effective_limits
 
     low, high = effective_limits(store, service)

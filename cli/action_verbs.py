@@ -1,7 +1,7 @@
 """`fleetdeck scale|drain|undrain|restart|limits|hash-password`: the operator actions on the command line.
 
 The CLI acts as the OS user, with the role `auth.cli_roles` gives that user; the role check itself happens in
-the actions layer (actions/operations.py), so the CLI cannot do more than the dashboard would allow.
+the actions layer (actions/operations/frame.py), so the CLI cannot do more than the dashboard would allow.
 
 Exit codes: 0 success (including a no-op), 1 the action failed (nginx still serves its last good config),
 2 configuration error, 3 refused (permission, busy, bad input, not confirmed) — nothing was changed.

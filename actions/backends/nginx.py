@@ -5,6 +5,9 @@ Every change goes through one path, `apply(servers)`: render the files beside th
 location /__fleetdeck/generation. Any failure restores the previous files and reloads again, so nginx keeps
 serving the last good configuration and the caller gets a failed ApplyResult. Success writes
 `<state_dir>/nginx/upstream.json`, which the nginx collector reads server states from.
+
+Size (~570 lines, above the ~500 the codebase aims for): one class whose render → validate → reload → verify →
+roll back path is read as one unit; split, the rollback would sit apart from what it undoes.
 """
 
 from __future__ import annotations

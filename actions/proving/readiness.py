@@ -8,6 +8,9 @@ sessions in memory *fails* "stateless sessions" because another instance answers
 Disruptive checks (a canary job while an instance restarts, a drain under load, load steps for N+1) go through the
 actions layer with the caller's principal, so they are role-checked, locked and audited like any operator action.
 A check that cannot run (no queues, no Redis, no drain action) is `unknown` with the reason, never a silent pass.
+
+Size (~740 lines): one check function per readiness rule, read rule by rule against docs/design-notes.md
+(like a test module); the shared fleet handle and the rule table are what ties them together.
 """
 
 from __future__ import annotations

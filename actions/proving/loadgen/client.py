@@ -18,6 +18,9 @@ Every started request ends in exactly one outcome: an HTTP status (counted per c
 Besides outcomes, `idle_closes` counts keep-alive connections found closed by the peer *before* the request was
 written (e.g. nginx closing idle connections on reload): nothing was sent, so the request is sent on a new
 connection and its outcome counted once. Requests still in flight when a run is cancelled count as `cancelled`.
+
+Size (~580 lines): the load generator's hot path; the protocol, the connection handling and both load modes
+share per-request state in tight loops that bench/bench_loadgen.py measures as one unit.
 """
 
 from __future__ import annotations

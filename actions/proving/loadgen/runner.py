@@ -12,6 +12,9 @@ Safety rules enforced here, not left to callers:
 - every run is bounded by `duration_s` AND `max_requests` and stops by itself; a watchdog in the parent stops
   (then terminates) workers that overrun;
 - a cancel Event (or SIGINT when run from the main thread) stops a run within ~0.1 s.
+
+Size (~600 lines): the worker processes' life cycle (check → start → watch → stop → merge) and the safety
+rules above are one sequence; kept together so the safety rules can be audited in one place.
 """
 
 from __future__ import annotations
