@@ -25,6 +25,12 @@ from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 from core.samples import Labels, Sample
 
 
+class TargetGone(Exception):
+    """Raised by ``collect`` when its target was removed on purpose (e.g. a replica stopped by a scale-down)
+    between the scheduler's target refreshes: the runner then writes no sample at all, so a planned removal
+    never shows as an ``up=0`` outage nor fires ``instance_down``."""
+
+
 class MetricSpec(NamedTuple):
     name: str
     unit: str

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, TargetGone, rate
 from collectors.http_client import HttpClient, HttpError
 from core.config import FleetConfig
 from core.samples import Sample
@@ -301,19 +301,24 @@ class InstanceTarget(NamedTuple):
     health_path: str
     metrics_path: str | None
     timeout_s: float
+    instance_id: str | None = None  # set for replicas from the store's registry; None for static targets
 
 
-_LIVE_STATES = ("starting", "running", "draining")
+# Replicas the collector polls. `dead` is polled too: a replica whose process died keeps its registry row until an
+# action replaces or removes it, and its failing polls (up=0) are what turns it DOWN and fires instance_down
+# within one or two intervals (docs/architecture.md, "Replica states on the dashboard"). `stopped` replicas were
+# removed on purpose and are not polled.
+_POLLED_STATES = ("starting", "running", "draining", "dead")
 _REQUEST_HEADERS = {"User-Agent": "fleetdeck-collector", "Accept": "application/health+json, application/json"}
 
 
 def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any]] | None) -> list[InstanceTarget]:
-    """Replicas of every service from the store's registry (not stopped/dead) plus the static targets."""
+    """Replicas of every service from the store's registry (not stopped) plus the static targets."""
     found: list[InstanceTarget] = []
     if replicas is not None:
         for service in config.services:
             for rec in replicas(service.name):
-                if rec.state not in _LIVE_STATES:
+                if rec.state not in _POLLED_STATES:
                     continue
                 found.append(
                     InstanceTarget(
@@ -323,6 +328,7 @@ def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any
                         service.health.path,
                         service.health.metrics,
                         service.health.timeout_s,
+                        rec.instance_id,
                     )
                 )
     for static in config.static_targets:
@@ -378,7 +384,12 @@ class InstanceCollector:
         client = self._client()
         ts = time.time()
         started = time.perf_counter()
-        response = await client.get(target.base_url + target.health_path, target.timeout_s)
+        try:
+            response = await client.get(target.base_url + target.health_path, target.timeout_s)
+        except (HttpError, TimeoutError, OSError):
+            if self._removed(target):
+                raise TargetGone(target.key) from None
+            raise
         latency_ms = (time.perf_counter() - started) * 1000.0
         status_code = response.status
         reading = normalise_health(status_code, response.headers.get("content-type"), response.body)
@@ -412,6 +423,18 @@ class InstanceCollector:
             out.extend(await self._metrics(client, target, target.metrics_path, ts,
                                            have_rss=reading.memory_rss_bytes is not None))
         return out
+
+    def _removed(self, target: InstanceTarget) -> bool:
+        """The replica left the registry (stopped by an action) after the scheduler last refreshed its targets."""
+        if target.instance_id is None or self.store is None or self.fixed_targets is not None:
+            return False
+        try:
+            records = self.store.replicas(target.service)
+        except Exception:  # the store is briefly unavailable: report the failure as usual
+            return False
+        # same id on another port is a replacement (restart): the old address is gone as well
+        return not any(r.instance_id == target.instance_id and f"http://{r.host}:{r.port}" == target.base_url
+                       and r.state in _POLLED_STATES for r in records)
 
     async def _metrics(self, client: HttpClient, target: InstanceTarget, metrics_path: str, ts: float,
                        have_rss: bool) -> list[Sample]:

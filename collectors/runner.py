@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from collectors.base import LATENCY, UP, Collector, MetricRegistry, MetricSpec, T, error_text
+from collectors.base import LATENCY, UP, Collector, MetricRegistry, MetricSpec, T, TargetGone, error_text
 from core.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Runner:
         try:
             async with deadline:
                 samples = await collector.collect(target)
+        except TargetGone:
+            return []  # removed on purpose since the last target refresh: no data, not an outage
         except TimeoutError as exc:
             # ours, or the collector's own (e.g. the HTTP client's socket timeout, whose text is more precise)
             error = f"timeout after {limit:g}s" if deadline.expired() else error_text(exc)

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from collectors import catalogue
+from dashboard.fleet_state import FleetState, ServiceCount
 from dashboard.ranges import Window
-from dashboard.series import Trace, sum_traces, trace_from_columns
+from dashboard.series import Trace, count_traces, sum_traces, trace_from_columns
 
 if TYPE_CHECKING:
     from core.store import Event, Latest, SeriesInfo, StoreView, TargetStatus
@@ -107,13 +108,16 @@ def source_newest_ts(store: StoreView, source: str) -> float | None:
     return max((s.last_ok_ts for s in store.target_statuses(source=source) if s.last_ok_ts is not None), default=None)
 
 
-def unreachable(store: StoreView, source: str, targets: Iterable[str] | None = None) -> list[TargetStatus]:
-    """Targets whose last collection failed (up=0), with the error and the last success."""
+def unreachable(store: StoreView, source: str, targets: Iterable[str] | None = None,
+                state: FleetState | None = None) -> list[TargetStatus]:
+    """Targets whose last collection failed (up=0), with the error and the last success; replicas an action
+    removed (`state.removed`) are not unreachable, they are gone."""
     wanted = set(targets) if targets is not None else None
     return [
         status
         for status in store.target_statuses(source=source)
         if not status.up and (wanted is None or status.target in wanted)
+        and (state is None or state.live(status.target))
     ]
 
 
@@ -142,6 +146,12 @@ def fetch(
     label = name or (lambda info: info.target)
     traces = [trace_from_columns(label(info), columns[info.id]) for info in infos if info.id in columns]
     return sorted((t for t in traces if len(t)), key=lambda t: t.name)
+
+
+def counted(name: str, traces: Sequence[Trace], window: Window, buckets: int = CHART_POINTS // 2) -> list[Trace]:
+    """How many 0/1 series are 1 per time cell: whole numbers (a series firing at any moment of a cell counts
+    once), so "alerts firing" never reads 0.25, and its last cell agrees with the tile."""
+    return [count_traces(name, traces, window.start, window.end, buckets)] if any(len(t) for t in traces) else []
 
 
 def summed(name: str, traces: Sequence[Trace], window: Window, buckets: int = CHART_POINTS // 2) -> list[Trace]:
@@ -177,10 +187,29 @@ def newest_of(rows: dict[str, dict[str, Latest]]) -> float:
 # -------------------------------------------------------------------------------------------------- overview
 
 
-def overview_tiles(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[Tile]:
+def overview_tiles(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_S, state: FleetState | None = None,
+                   counts: Sequence[ServiceCount] = ()) -> list[Tile]:
     instances = current(latest_by_target(store, "instance"), stale_after_s)
+    if state is not None:
+        instances = {t: m for t, m in instances.items() if state.live(t)}
     up_count = sum(1 for m in instances.values() if (value_of(m, "up") or 0) >= 1)
     total = len(instances)
+    if counts:
+        # desired vs running vs dead from the registry: a dead replica is not silently "one fewer instance"
+        desired = sum(c.desired for c in counts)
+        running = sum(c.running for c in counts) + sum(1 for t, m in instances.items()
+                                                         if t.startswith("static/") and (value_of(m, "up") or 0) >= 1)
+        dead = sum(c.dead for c in counts)
+        instances_tile = Tile("Instances", f"{running} / {desired} running" + (f" · {dead} dead" if dead else ""),
+                              float(running), "replicas answering their health check / the desired count "
+                              "(last scale, else the config); dead: the process is gone or does not answer",
+                              bad=running < desired or dead > 0)
+    else:
+        instances_tile = Tile("Instances", f"{up_count} / {total} up" if total else "—",
+                              float(up_count) if total else None,
+                              "instances that answered their health endpoint / instances seen recently; a failing"
+                              " check (often a dependency's) is named in the outage line above, not counted here",
+                              bad=up_count < total)
 
     nginx = current(latest_by_target(store, "nginx"), stale_after_s)
     totals = {t: m for t, m in nginx.items() if not is_server_target(t)}
@@ -204,14 +233,11 @@ def overview_tiles(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_
     used = sum(used_values) if used_values else None
     budget = sum(budget_values) if budget_values else None
 
-    alerts = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
-    firing = sum(1 for m in alerts.values() if (value_of(m, "firing") or 0) >= 1)
+    firing = len(firing_alerts(store, stale_after_s, state))
 
     error_share = (errors / rps) if errors is not None and rps else None
     return [
-        Tile("Instances up", f"{up_count} / {total}" if total else "—", float(up_count) if total else None,
-             "instances that answered their health endpoint / instances seen recently; a failing check"
-             " (often a dependency's) is named in the outage line above, not counted here", bad=up_count < total),
+        instances_tile,
         Tile("Requests/s", fmt(rps, ".1f"), rps, "nginx: requests per second (all load balancers)"),
         Tile("5xx/s", fmt(errors, ".2f") + (f" ({error_share:.1%})" if error_share is not None else ""), errors,
              "upstream responses with status 5xx per second, and their share of requests", bad=bool(errors)),
@@ -247,19 +273,39 @@ def overview_charts(store: StoreView, window: Window) -> list[Chart]:
         Chart("Failed jobs/min", "1/min", summed("failed", failed_per_min, window)),
         Chart("Postgres connections", "connections", pg_used,
               reference_lines={"budget": sum(budgets)} if budgets else {}),
-        Chart("Alerts firing", "alerts", summed("firing", alerts, window)),
+        Chart("Alerts firing", "alerts", counted("firing", alerts, window)),
     ]
+
+
+def firing_alerts(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+                  state: FleetState | None = None) -> dict[str, Latest]:
+    """`<rule>/<subject>` → its latest `firing` row, for the alerts firing now: evaluated recently, and not about
+    a replica an action removed (that is not an outage)."""
+    alerts = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
+    out = {}
+    for target, metrics in alerts.items():
+        row = metrics.get("firing")
+        if row is None or row.value < 1:
+            continue
+        subject = target.split("/", 1)[1] if "/" in target else target
+        if state is not None and not state.live(subject):
+            continue
+        out[target] = row
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- instances
 
 
-def instance_status(metrics: dict[str, Latest], reference_ts: float, stale_after_s: float) -> str:
+def instance_status(metrics: dict[str, Latest], reference_ts: float, stale_after_s: float,
+                    registry_state: str | None = None) -> str:
     """UP / WARN / DRAINING / FAIL / DOWN / STALE — the word the status column and the badges show.
 
     STALE: not scraped within `stale_after_s` of `reference_ts`, the newest scrape of any instance (a replica
     the collector stopped watching, e.g. removed from the registry while its process lives on).
     """
+    if registry_state == "dead":
+        return "DOWN"  # the backend saw the process gone: no need to wait for the next poll to fail
     up = metrics.get("up")
     if up is None:
         return "UNKNOWN"
@@ -276,34 +322,38 @@ def instance_status(metrics: dict[str, Latest], reference_ts: float, stale_after
 BAD_STATUSES = frozenset({"DOWN", "FAIL", "STALE", "UNKNOWN"})
 
 INSTANCE_COLUMNS = [
-    "instance", "status", "health", "latency_ms", "memory_mb", "cpu_percent", "loop_lag_ms", "in_flight",
+    "instance", "status", "rotation", "health", "latency_ms", "memory_mb", "cpu_percent", "loop_lag_ms", "in_flight",
     "pool_total", "pool_idle", "pool_waiting", "version", "uptime_min", "last_scraped_s",
 ]
 
 
-def instances_table(store: StoreView, now: float, window: Window, stale_after_s: float = DEFAULT_STALE_AFTER_S
-                    ) -> pd.DataFrame:
-    """One row per instance seen within the window (older ones were scaled away), worst status first."""
+def instances_table(store: StoreView, now: float, window: Window, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+                    state: FleetState | None = None) -> pd.DataFrame:
+    """One row per instance seen within the window and not removed by an action, worst status first."""
     rows: list[dict[str, Any]] = []
     instances = latest_by_target(store, "instance")
     reference = newest_of(instances)
+    state = state or FleetState()
     for target, metrics in instances.items():
         newest = newest_ts(metrics) or 0
-        if newest < window.start:
+        if newest < window.start or not state.live(target):
             continue
         memory = value_of(metrics, "memory_rss_bytes")
         lag = value_of(metrics, "event_loop_lag_s")
         uptime = value_of(metrics, "uptime_s")
         up_row = metrics.get("up")
         health = value_of(metrics, "health_status")
-        status = instance_status(metrics, reference, stale_after_s)
+        registry_state = state.registry.get(target)
+        status = instance_status(metrics, reference, stale_after_s, registry_state)
         health_word = text_of(metrics, "health_status") or (HEALTH_WORDS.get(int(health)) if health is not None
                                                             else None)
         rows.append({
             "instance": target,
             "status": status,
+            "rotation": state.rotation.get(target),
             # the last /health answer predates the failure: "pass" next to DOWN would contradict the status
-            "health": "no answer" if status == "DOWN" else _with_failing_checks(health_word, metrics),
+            "health": ("process gone" if registry_state == "dead" else "no answer") if status == "DOWN"
+            else _with_failing_checks(health_word, metrics),
             "latency_ms": value_of(metrics, "latency_ms"),
             "memory_mb": None if memory is None else memory / 1e6,
             "cpu_percent": value_of(metrics, "cpu_percent"),
@@ -342,10 +392,11 @@ class InstanceDetail:
     last_ok_ts: float | None
     events: list[Event]
     charts: list[Chart]
+    rotation: str | None = None  # in rotation | draining | out (None: not behind a load balancer we read)
 
 
 def instance_detail(store: StoreView, target: str, window: Window,
-                    stale_after_s: float = DEFAULT_STALE_AFTER_S) -> InstanceDetail:
+                    stale_after_s: float = DEFAULT_STALE_AFTER_S, state: FleetState | None = None) -> InstanceDetail:
     instances = latest_by_target(store, "instance")
     metrics = instances.get(target, {})
     raw = text_of(metrics, "health_raw")
@@ -377,13 +428,15 @@ def instance_detail(store: StoreView, target: str, window: Window,
     events = [e for e in events_in(store, window) if e.target in (target, target.split("/")[-1])]
     return InstanceDetail(
         target=target,
-        status=instance_status(metrics, newest_of(instances), stale_after_s) if metrics else "UNKNOWN",
+        status=(instance_status(metrics, newest_of(instances), stale_after_s,
+                                (state or FleetState()).registry.get(target)) if metrics else "UNKNOWN"),
         last_ts=metrics["up"].ts if "up" in metrics else None,
         health_json=health_json,
         error=(status.error or text_of(metrics, "up") or "no answer") if status and not status.up else None,
         last_ok_ts=status.last_ok_ts if status else None,
         events=events,
         charts=charts,
+        rotation=(state or FleetState()).rotation.get(target),
     )
 
 

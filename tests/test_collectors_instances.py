@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 
 from collectors.instances import InstanceCollector, InstanceTarget, normalise_health, parse_prometheus
 from collectors.runner import Runner
@@ -184,3 +186,43 @@ def test_hanging_server_times_out_while_others_answer() -> None:
         silent.close()
     assert result["web/silent"]["up"].value == 0 and "timeout" in result["web/silent"]["up"].text.lower()
     assert result["web/good"]["up"].value == 1
+
+
+def test_dead_replica_is_polled_down_and_a_removed_one_writes_nothing(tmp_path: Path) -> None:
+    """A replica the backend marked `dead` keeps being polled (up=0, so instance_down fires); one an action
+    removed from the registry between target refreshes writes no sample at all (a planned removal is not an
+    outage). No mock: nothing listens on the dead replica's port, the store is real SQLite."""
+    from collectors.alerts import AlertEvaluator
+    from core.config import load_config
+    from core.store import ReplicaRecord, Store
+
+    config_file = tmp_path / "fleet.yaml"
+    config_file.write_text(
+        f'services:\n  - name: web\n    command: "true {{port}}"\n    ports: {{start: 20000, end: 20010}}\n'
+        f'store: {{url: "sqlite:///{tmp_path / "fd.db"}"}}\n'
+    )
+    config = load_config(config_file)
+    store = Store(config.store_url)
+    dead_port, removed_port = free_port(), free_port()
+    now = time.time()
+    store.upsert_replica(ReplicaRecord("web", "web-1", "local", "127.0.0.1", dead_port, 1, "dead", now, "1"))
+    store.upsert_replica(ReplicaRecord("web", "web-2", "local", "127.0.0.1", removed_port, 2, "running", now, "2"))
+    collector = InstanceCollector(config, store)
+    targets = {t.key: t for t in collector.targets()}
+    assert set(targets) == {"web/web-1", "web/web-2"}
+    store.remove_replica("web", "web-2")  # a scale-down stopped it after the scheduler read its targets
+
+    async def scenario() -> list[object]:
+        try:
+            return await Runner(timeout_s=2).run_many(collector, list(targets.values()))
+        finally:
+            await collector.aclose()
+
+    samples = asyncio.run(scenario())
+    by_target = _by_target([s for s in samples if s.source == "instance"])
+    assert by_target["web/web-1"]["up"].value == 0
+    assert "web/web-2" not in by_target
+    alerts = {s.target: s for s in AlertEvaluator().evaluate(samples)}
+    assert alerts["instance_down/web/web-1"].value == 1
+    assert "instance_down/web/web-2" not in alerts
+    store.close()

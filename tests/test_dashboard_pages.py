@@ -88,7 +88,7 @@ def texts(elements: object) -> str:
 def test_overview_tiles_show_the_seeded_fleet(open_page: Callable[[Path, str], AppTest], normal_config: Path) -> None:
     app = open_page(normal_config, "overview")
     assert metrics(app) == {
-        "Instances up": "3 / 3",
+        "Instances": "3 / 3 up",
         "Requests/s": "42.5",
         "5xx/s": "0.25 (0.6%)",
         "p95 latency": "35 ms",  # worst upstream: 20 + 5 × 3
@@ -241,7 +241,7 @@ def test_unreachable_source_shows_error_and_last_success(
 
 def test_overview_with_sources_down(open_page: Callable[[Path, str], AppTest], broken_config: Path) -> None:
     app = open_page(broken_config, "overview")
-    assert metrics(app)["Instances up"] == "2 / 3"
+    assert metrics(app)["Instances"] == "2 / 3 up"
     errors = texts(app.error)
     for target in ("web/web-2", "nginx:web", "redis:main", "postgres:main"):
         assert f"{target} is unreachable" in errors

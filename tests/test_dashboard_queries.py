@@ -34,7 +34,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 def test_scaled_away_replica_is_stale_not_up(store: Store) -> None:
     tiles = {t.label: t for t in queries.overview_tiles(store, stale_after_s=30)}
-    assert tiles["Instances up"].value == "3 / 3"
+    assert tiles["Instances"].value == "3 / 3 up"
     table = queries.instances_table(store, NOW, ranges.window("1 h", NOW), stale_after_s=30)
     assert table.iloc[0]["instance"] == "web/web-9" and table.iloc[0]["status"] == "STALE"
     assert list(table["status"][1:]) == ["UP", "UP", "UP"]
@@ -47,7 +47,7 @@ def test_stalled_collector_keeps_the_last_picture(store: Store) -> None:
     """Ten minutes after the last scrape the tiles still show the last values (the page warns it is stalled)."""
     later = NOW + 600
     tiles = {t.label: t.value for t in queries.overview_tiles(store, stale_after_s=30)}
-    assert tiles["Instances up"] == "3 / 3" and tiles["Queue backlog"] == "11"
+    assert tiles["Instances"] == "3 / 3 up" and tiles["Queue backlog"] == "11"
     assert set(queries.instances_table(store, later, ranges.window("1 h", later), 30)["status"]) <= {"UP", "STALE"}
     assert queries.source_newest_ts(store, "instance") == NOW
 

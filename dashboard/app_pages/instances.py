@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from actions.autoscale import advice_lines
-from dashboard import queries, ranges, ui
+from dashboard import fleet_state, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions, render_service_actions
 
 config = ui.fleet_config()
 store = ui.store()
 STATUS_BADGE = {"UP": "green", "WARN": "orange", "DRAINING": "orange", "FAIL": "red", "DOWN": "red",
                 "STALE": "red", "UNKNOWN": "gray"}
+ROTATION_BADGE = {"in rotation": "blue", "draining": "orange", "out": "violet"}
+
+
+def rotation_badge(rotation: object) -> str:
+    """ ":violet-badge[out of rotation]" — empty when the instance is not behind a load balancer we read."""
+    if not isinstance(rotation, str) or not rotation:
+        return ""
+    text = "out of rotation" if rotation == "out" else rotation
+    return f" :{ROTATION_BADGE.get(rotation, 'gray')}-badge[{text}]"
+
 
 st.title("Instances")
 
@@ -21,13 +33,15 @@ def instances_panel() -> None:
     data = ui.panel_data(store)
     stale = ui.stale_after(config, "instance")
     ui.freshness(store, "instance", data.now, stale)
-    frame = queries.instances_table(store, data.now, data.window, stale)
+    state = fleet_state.fleet_state(store, data.now)
+    frame = queries.instances_table(store, data.now, data.window, stale, state)
     if frame.empty:
         ui.no_data("instance")
         return
-    # badges are real DOM text ("web/web-1 DOWN"), so a browser test (or a human) can find a dead replica
+    # badges are real DOM text ("web/web-1 DOWN out of rotation"), so a browser test (or a human) can find a
+    # dead or drained replica
     st.markdown("  ".join(f"`{row.instance}` :{STATUS_BADGE.get(row.status, 'gray')}-badge[{row.status}]"
-                          for row in frame.itertuples()))
+                          f"{rotation_badge(row.rotation)}" for row in frame.itertuples()))
     ui.table(frame, "instances", "instances", status_column="status", formats={
         "latency_ms": "{:.0f} ms", "memory_mb": "{:.0f} MB", "cpu_percent": "{:.1f} %", "loop_lag_ms": "{:.1f} ms",
         "in_flight": "{:.0f}", "pool_total": "{:.0f}", "pool_idle": "{:.0f}", "pool_waiting": "{:.0f}",
@@ -45,7 +59,9 @@ for line in advice_lines(config, store):  # the autoscaler's recommendation and 
 render_service_actions(config)
 
 st.subheader("Instance detail")
-targets = sorted(row.series.target for row in store.latest(source="instance", metric="up"))
+_state_now = fleet_state.fleet_state(store, time.time())
+# a replica an action removed is history now: the picker offers the live ones
+targets = sorted(_state_now.keep(row.series.target for row in store.latest(source="instance", metric="up")))
 if not targets:
     st.caption("Instances appear here once the collectors have scraped them.")
 else:
@@ -57,9 +73,10 @@ else:
     @ui.live
     def detail_panel(target: str) -> None:
         data = ui.panel_data(store)
-        detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"))
+        state = fleet_state.fleet_state(store, data.now)
+        detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
         colour = STATUS_BADGE.get(detail.status, "gray")
-        st.markdown(f"**{target}** :{colour}-badge[{detail.status}]")
+        st.markdown(f"**{target}** :{colour}-badge[{detail.status}]{rotation_badge(detail.rotation)}")
         st.caption(ranges.freshness(detail.last_ts, data.now))
         if detail.error:
             last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "

@@ -1,0 +1,132 @@
+"""The dashboard tells the truth about replica states (issue 13): dead, removed by an action, out of rotation;
+alert counts. AppTest against a real SQLite store seeded with history plus the replica registry and the events
+the actions write."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.samples import Sample
+from core.store import ReplicaRecord, Store
+from dashboard import queries, ranges, sample_data
+from dashboard.sample_data import FleetShape
+from tests.test_dashboard_pages import APP, TIMEOUT_S, metrics, texts, write_config
+
+REMOVED_ERROR = "GET /health: connection refused (removed)"
+
+
+def record(index: int, state: str = "running") -> ReplicaRecord:
+    return ReplicaRecord("web", f"web-{index}", "local", "127.0.0.1", 9100 + index, 1000 + index, state,
+                         time.time() - 900, str(1000 + index))
+
+
+def seed_states(directory: Path) -> Path:
+    """web-1 running; web-2 running but drained (nginx says down); web-3 died (registry `dead`, its last poll
+    still said pass); web-4 removed by a scale-down (stopped, left the registry, its last poll failed)."""
+    config = write_config(directory)
+    store = Store(f"sqlite:///{directory / 'fleetdeck.db'}")
+    now = time.time()
+    sample_data.seed(store, FleetShape(span_s=900, step_s=10, instances=3), now)
+    for index, state in ((1, "running"), (2, "running"), (3, "dead")):
+        store.upsert_replica(record(index, state))
+    store.put_kv("desired:web", {"replicas": 3, "ts": now})
+    store.write_samples([Sample("nginx", "nginx:web/127.0.0.1:9102", "server_state", 2, now, "", text="down")])
+    store.add_event("replica.start", "web/web-4", "started pid 1004 on port 9104", ts=now - 600)
+    store.write_samples([
+        Sample("instance", "web/web-4", "up", 1, now - 120, "bool"),
+        Sample("instance", "web/web-4", "up", 0, now - 2, "bool", text=REMOVED_ERROR),
+        Sample("alert", "instance_down/web/web-4", "firing", 1, now - 2, "bool", text="web/web-4 is down"),
+    ])
+    store.add_event("replica.stop", "web/web-4", "stopped (graceful)", ts=now - 5)
+    store.add_event("action", "web", "scale web 4 → 3: stopped web-4", ts=now - 4)
+    store.close()
+    return config
+
+
+@pytest.fixture(scope="module")
+def states_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seed_states(tmp_path_factory.mktemp("states"))
+
+
+@pytest.fixture
+def open_page(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, str], AppTest]:
+    def run(config: Path, page: str) -> AppTest:
+        monkeypatch.setenv("FLEETDECK_CONFIG", str(config))
+        app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+        app.run()
+        app.switch_page(f"app_pages/{page}.py").run()
+        assert not app.exception, [e.value for e in app.exception]
+        return app
+
+    return run
+
+
+def test_overview_shows_desired_running_and_dead(open_page: Callable[[Path, str], AppTest],
+                                                 states_config: Path) -> None:
+    app = open_page(states_config, "overview")
+    assert metrics(app)["Instances"] == "2 / 3 running · 1 dead"
+    # a replica a scale-down removed is not an outage: no red box, and its last alert does not count
+    assert "web/web-4" not in texts(app.error)
+    assert metrics(app)["Active alerts"] == "1"  # the seeded queue alert only
+
+
+def test_instances_page_dead_is_down_removed_is_gone_drained_is_out(
+    open_page: Callable[[Path, str], AppTest], states_config: Path
+) -> None:
+    app = open_page(states_config, "instances")
+    table = app.dataframe[0].value.set_index("instance")
+    assert "web/web-4" not in table.index
+    assert table.loc["web/web-3", "status"] == "DOWN" and table.loc["web/web-3", "health"] == "process gone"
+    assert table.loc["web/web-2", "status"] == "UP" and table.loc["web/web-2", "rotation"] == "out"
+    assert table.loc["web/web-1", "rotation"] == "in rotation"
+    badges = texts(app.markdown)
+    assert "`web/web-2` :green-badge[UP] :violet-badge[out of rotation]" in badges
+    assert "`web/web-3` :red-badge[DOWN]" in badges
+    assert "web/web-4" not in app.selectbox(key="fd_instance").options
+    app.selectbox(key="fd_instance").set_value("web/web-2").run()
+    assert "**web/web-2** :green-badge[UP] :violet-badge[out of rotation]" in texts(app.markdown)
+
+
+def test_removed_replica_stays_in_history(states_config: Path) -> None:
+    store = Store(f"sqlite:///{states_config.parent / 'fleetdeck.db'}")
+    try:
+        now = time.time()
+        charts = {c.title: c for c in queries.overview_charts(store, ranges.window("15 min", now))}
+        assert charts["Instances up"].traces  # web-4's samples are still summed into the history
+        up_series = {i.target for i in store.find_series(source="instance", metric="up")}
+        assert "web/web-4" in up_series
+        from dashboard.fleet_state import fleet_state  # here: the old code had no such module
+
+        assert fleet_state(store, now).removed == {"web/web-4"}
+    finally:
+        store.close()
+
+
+def test_alert_counts_are_whole_numbers_and_match_the_tile(tmp_path: Path) -> None:
+    """Two alerts firing for part of a chart cell used to chart as 0.25/0.5; the last cell is the tile's count."""
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    try:
+        now = time.time()
+        samples = []
+        for offset in range(0, 300, 2):
+            ts = now - 300 + offset
+            samples.append(Sample("alert", "instance_down/web/web-1", "firing", 1 if offset % 8 == 0 else 0, ts,
+                                  "bool"))
+            samples.append(Sample("alert", "lock_waiters/postgres:main", "firing", 1 if offset > 200 else 0, ts,
+                                  "bool"))
+        samples.append(Sample("alert", "instance_down/web/web-1", "firing", 1, now, "bool", text="down"))
+        samples.append(Sample("alert", "lock_waiters/postgres:main", "firing", 1, now, "bool", text="waiters"))
+        store.write_samples(samples)
+        window = ranges.window("1 h", now)
+        chart = next(c for c in queries.overview_charts(store, window) if c.title == "Alerts firing")
+        values = chart.traces[0].value
+        assert all(float(v).is_integer() for v in values), values
+        tile = next(t for t in queries.overview_tiles(store, 60) if t.label == "Active alerts")
+        assert tile.value == "2" and values[-1] == 2
+    finally:
+        store.close()
