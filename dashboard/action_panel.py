@@ -46,6 +46,9 @@ from core.store import Store
 ICONS = {DRAIN: ":material/pause_circle:", UNDRAIN: ":material/play_circle:", RESTART: ":material/restart_alt:",
          SCALE: ":material/tune:", ROLLING_RESTART: ":material/autorenew:", SET_LIMITS: ":material/straighten:"}
 PENDING_KEY = "fd_pending_action"  # {"kind", "target", "params"} of the action being previewed in this session
+STARTED_KEY = "fd_started_action"  # service → {"op_id", "action", "target", "ts"} of the action this session started
+# how long the "starting…" line replaces the previous result before the started op shows up in the store
+STARTED_GRACE_S = 60.0
 LIVE_REFRESH_S = 1.0
 # Threads running actions in this process, by op id: kept so they are not garbage collected and so tests can join.
 RUNNING: dict[str, threading.Thread] = {}
@@ -96,7 +99,7 @@ def _service_of(config: FleetConfig, instance_id: str) -> tuple[str, str]:
     return (stem if stem in names else (names[0] if names else "")), instance
 
 
-def _describe_lock(store: Store, service: str) -> str | None:
+def describe_lock(store: Store, service: str) -> str | None:
     for lock in store.locks():
         if lock.get("service") == service and float(lock.get("expires_at") or 0) > time.time():
             since = datetime.fromtimestamp(float(lock["acquired_at"])).strftime("%H:%M:%S")
@@ -109,10 +112,17 @@ def _live_status(store: Store, service: str, key: str) -> None:
 
     @st.fragment(run_every=LIVE_REFRESH_S)
     def panel() -> None:
-        busy = _describe_lock(store, service)
+        busy = describe_lock(store, service)
         status = audit.last_operation(store, service)
         if busy:
             st.info(busy, icon=":material/hourglass_top:")
+        started = (st.session_state.get(STARTED_KEY) or {}).get(service)
+        if (started and time.time() - float(started["ts"]) < STARTED_GRACE_S
+                and (not status or status.get("op_id") != started["op_id"])):
+            # the thread has not written its first status yet: the previous result must not stand in for it
+            st.info(f"**{started['action']}** {started['target']} — **starting** (op {started['op_id']})",
+                    icon=":material/hourglass_top:")
+            return
         if not status:
             st.caption(f"No action has run on {service} yet.")
             return
@@ -128,8 +138,13 @@ def _live_status(store: Store, service: str, key: str) -> None:
     panel()
 
 
-def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[], Any]]) -> None:
-    """Show the dry-run plan; when allowed, ask for the typed name and start the action."""
+def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[], Any]], store: Store,
+                         service: str) -> None:
+    """Show the dry-run plan; when allowed and the service is not busy, ask for the typed name and start the action.
+
+    The busy check is the same lock the action takes: a plan previewed while a drain holds the service is shown,
+    but its Run button stays disabled (the action would be refused anyway).
+    """
     (st.info if plan.allowed else st.error)(f"**Dry run — {plan.action} {plan.target}:** {plan.reason}")
     if plan.affected:
         st.markdown(f"Affected replicas: `{'`, `'.join(plan.affected)}`")
@@ -145,12 +160,18 @@ def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[],
         st.rerun()
     if not plan.allowed or plan.noop:
         return
+    busy = describe_lock(store, service)
+    if busy:
+        st.warning(f"{service} is {busy}; run this once it is done.", icon=":material/lock_clock:")
     typed = ""
     if plan.disruptive:
         typed = confirm.text_input(f"Type **{plan.confirm_text}** to confirm", key=f"{key}-typed")
-    ready = (not plan.disruptive) or typed.strip() == plan.confirm_text
+    ready = ((not plan.disruptive) or typed.strip() == plan.confirm_text) and not busy
     if confirm.button(f"Run {plan.action}", key=f"{key}-run", type="primary", disabled=not ready):
         op_id = new_op_id()
+        started = dict(st.session_state.get(STARTED_KEY) or {})
+        started[service] = {"op_id": op_id, "action": plan.action, "target": plan.target, "ts": time.time()}
+        st.session_state[STARTED_KEY] = started
         start_in_background(run(op_id), op_id)
         st.session_state.pop(PENDING_KEY, None)
         st.toast(f"{plan.action} {plan.target} started (op {op_id})")
@@ -194,7 +215,7 @@ def _pending(config: FleetConfig, store: Store, principal: Principal, target: st
     def run(op_id: str) -> Callable[[], Any]:
         return lambda: operation.execute(FleetActions(config, store), principal, target, params, op_id)
 
-    _preview_and_confirm(plan, f"{key}-{operation.name}", run)
+    _preview_and_confirm(plan, f"{key}-{operation.name}", run, store, target.partition("/")[0])
 
 
 def render_service_actions(config: FleetConfig, store: Store, principal: Principal, service: str) -> None:

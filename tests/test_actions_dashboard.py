@@ -112,3 +112,70 @@ def test_login_gate_signs_in_a_local_user(config_file: Path) -> None:
     app.button[0].click()
     app.run()
     assert str(tuple(Principal("olga", "operator", "dashboard"))) in app.markdown[-1].value
+
+
+def test_preview_respects_the_busy_lock(config_file: Path, tmp_path: Path) -> None:
+    """A plan previewed while another action holds the service shows why and keeps Run disabled."""
+    store = Store(f"sqlite:///{tmp_path}/fleetdeck.db")
+    acquired, _holder = store.acquire_lock("web", "drain", "olga", "op-drain-web-1", 120)
+    assert acquired
+    app = AppTest.from_function(service_panel, args=("operator",), default_timeout=30)
+    app.run()
+    app.number_input[0].set_value(3)
+    app.button(key="fd-svc-web-scale").click()
+    app.run()
+    assert not app.exception, app.exception
+    assert any("busy: drain by olga" in warning.value for warning in app.warning), [w.value for w in app.warning]
+    assert app.button(key="fd-svc-web-scale-run").disabled
+    store.release_lock("web", "op-drain-web-1")
+    app.run()
+    assert not app.button(key="fd-svc-web-scale-run").disabled
+
+
+def test_previous_result_gives_way_when_run_is_clicked(config_file: Path, tmp_path: Path) -> None:
+    """Right after Run the panel shows the new operation starting, not the last one's result."""
+    from actions import audit
+
+    store = Store(f"sqlite:///{tmp_path}/fleetdeck.db")
+    store.put_kv(audit.op_key("op-previous"), {
+        "op_id": "op-previous", "action": "drain", "target": "web/web-1", "who": "olga", "role": "operator",
+        "via": "cli", "state": "ok", "message": "PREVIOUS RESULT"})
+    store.put_kv(audit.last_op_key("web"), {"op_id": "op-previous"})
+    app = AppTest.from_function(service_panel, args=("operator",), default_timeout=30)
+    app.run()
+    assert any("PREVIOUS RESULT" in s.value for s in app.success)
+    app.number_input[0].set_value(1)
+    app.button(key="fd-svc-web-scale").click()
+    app.run()
+    app.button(key="fd-svc-web-scale-run").click()
+    app.run()
+    assert not app.exception, app.exception
+    assert not any("PREVIOUS RESULT" in s.value for s in app.success), "the previous result stayed on screen"
+    shown = [i.value for i in app.info] + [s.value for s in app.success] + [e.value for e in app.error]
+    assert any("scale" in text for text in shown), shown
+    from dashboard.action_panel import RUNNING
+
+    for thread in list(RUNNING.values()):
+        thread.join(timeout=60)
+
+
+def test_readiness_run_needs_preview_and_typed_confirmation(config_file: Path) -> None:
+    from dashboard.auth_gate import PRINCIPAL_KEY
+
+    app = AppTest.from_file(str(Path(REPO_ROOT) / "dashboard" / "app_pages" / "scorecard.py"), default_timeout=30)
+    app.session_state[PRINCIPAL_KEY] = ("olga", "operator", "dashboard")
+    app.run()
+    assert not app.exception, app.exception
+    # on the real page the button only opens the preview (no run starts on one click)
+    from actions import testruns
+    from core.config import load_config
+
+    store = Store(load_config().store_url)
+    app.button[0].click()
+    app.run()
+    assert testruns.list_runs(store) == []
+    assert any("Dry run — readiness on web" in info.value for info in app.info), [i.value for i in app.info]
+    assert app.button(key="fd-readiness-run").disabled
+    app.text_input(key="fd-readiness-typed").set_value("web")
+    app.run()
+    assert not app.button(key="fd-readiness-run").disabled

@@ -12,10 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from actions.auth import allowed
-from actions.proving import report, scorecard, testruns
+from actions.proving import report, scorecard
 from actions.proving.readiness import RUN_PREFIX
 from actions.proving.scaling import latest_scaling_run
-from dashboard import auth_gate, ui
+from dashboard import auth_gate, readiness_preview, ui
 
 # Plain symbols, not ":material/...:" shortcodes: those render only in markdown, and st.dataframe cells are text.
 STATUS_LABELS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "unknown": "❔ unknown"}
@@ -24,15 +24,17 @@ STATUS_LABELS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", 
 config = ui.fleet_config()
 store = ui.store()
 principal = auth_gate.current_principal() or auth_gate.ANONYMOUS
+READINESS_PENDING_KEY = "fd_readiness_pending"
 service = config.load_balancer.service if config.load_balancer else config.services[0].name
 
 st.title("Readiness scorecard")
 
 top_left, top_right = st.columns([3, 1])
 if top_right.button("Run readiness now", icon=":material/fact_check:", disabled=not allowed(principal, "start_test"),
-                    help="runs every rule against the live fleet (restarts and drains one instance)"):
-    run_id = testruns.start(config, ui.live_store(), principal, "readiness", {"rules": "all"})
-    st.toast(f"readiness run {run_id} started; it appears here when its first rule is measured")
+                    help="preview first: the run restarts and drains one live instance"):
+    st.session_state[READINESS_PENDING_KEY] = True
+if st.session_state.get(READINESS_PENDING_KEY):
+    readiness_preview.render(config, ui.live_store(), principal, service, READINESS_PENDING_KEY)
 
 all_facts = store.facts()
 runs = scorecard.history(all_facts, RUN_PREFIX)
