@@ -24,6 +24,7 @@ def main() -> None:
             "Fleet": [
                 st.Page(PAGES_DIR / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
                 st.Page(PAGES_DIR / "instances.py", title="Instances", icon=":material/dns:"),
+                st.Page(PAGES_DIR / "alerts.py", title="Alerts", icon=":material/notifications_active:"),
                 st.Page(PAGES_DIR / "load_balancer.py", title="Load balancer", icon=":material/alt_route:"),
             ],
             "Backing services": [

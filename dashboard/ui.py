@@ -105,14 +105,40 @@ def start_embedded_collectors() -> None:
 # ------------------------------------------------------------------------------------------------- the sidebar
 
 
+RANGE_PARAM = "range"
+REFRESH_PARAM = "refresh"
+
+
+def query_picker(label: str, options: Sequence[str], key: str, param: str, default: str | None = None,
+                 container: Any = None, help: str | None = None) -> str | None:
+    """A selectbox whose choice lives in the URL (`?param=value`), so a copied link reproduces the view.
+
+    The URL wins when the session has no choice yet (a shared link, a reload); afterwards the widget does and the
+    URL follows it. A value from the URL that is not an option is ignored (it is untrusted text).
+    """
+    if not options:
+        return None
+    wanted = st.query_params.get(param)
+    if key not in st.session_state or (wanted in options and wanted != st.session_state.get(key)
+                                       and st.session_state.get(f"{key}-from-url") != wanted):
+        chosen = wanted if wanted in options else (default if default in options else options[0])
+        st.session_state[key] = chosen
+        st.session_state[f"{key}-from-url"] = wanted
+    elif st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+    value = (container or st).selectbox(label, list(options), key=key, help=help)
+    if st.query_params.get(param) != value:
+        st.query_params[param] = value
+    st.session_state[f"{key}-from-url"] = value
+    return str(value) if value is not None else None
+
+
 def sidebar_controls() -> None:
-    """Time range and auto-refresh pickers; rendered by app.py on every page, read through session state."""
-    with st.sidebar:
-        st.selectbox("Time range", list(ranges.TIME_RANGES), key=RANGE_KEY,
-                     index=list(ranges.TIME_RANGES).index(ranges.DEFAULT_RANGE))
-        st.selectbox("Auto-refresh", list(ranges.REFRESH_INTERVALS), key=REFRESH_KEY,
-                     index=list(ranges.REFRESH_INTERVALS).index(ranges.DEFAULT_REFRESH),
-                     help="How often the live panels redraw (only the panels, not the whole page).")
+    """Time range and auto-refresh pickers; rendered by app.py on every page, read through session state and
+    kept in the URL (`?range=1 h&refresh=10 s`)."""
+    query_picker("Time range", list(ranges.TIME_RANGES), RANGE_KEY, RANGE_PARAM, ranges.DEFAULT_RANGE, st.sidebar)
+    query_picker("Auto-refresh", list(ranges.REFRESH_INTERVALS), REFRESH_KEY, REFRESH_PARAM, ranges.DEFAULT_REFRESH,
+                 st.sidebar, help="How often the live panels redraw (only the panels, not the whole page).")
 
 
 def range_label() -> str:

@@ -130,3 +130,35 @@ def test_alert_counts_are_whole_numbers_and_match_the_tile(tmp_path: Path) -> No
         assert tile.value == "2" and values[-1] == 2
     finally:
         store.close()
+
+
+def test_alerts_page_lists_firing_with_since_message_and_link(open_page: Callable[[Path, str], AppTest],
+                                                              states_config: Path) -> None:
+    app = open_page(states_config, "alerts")
+    firing = app.dataframe[0].value
+    assert list(firing["rule"]) == ["no_workers"]  # the removed web-4's last alert is not an outage
+    row = firing.iloc[0]
+    assert row["subject"] == "main/bull:reports" and "no worker" in row["message"]
+    assert ":" in row["since"]  # a wall-clock time, and how long it has fired
+    assert row["for_s"].endswith(("min", "s"))
+    assert row["chart"].startswith("./")
+    assert "Firing now: 1" in texts(app.subheader)
+
+
+def test_alert_history_lists_resolved_runs_with_links(tmp_path: Path) -> None:
+    from dashboard import alerts_view
+
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    try:
+        now = time.time()
+        store.write_samples([Sample("alert", "instance_down/web/web-2", "firing", 1 if 60 <= age <= 120 else 0,
+                                    now - age, "bool") for age in range(300, -1, -5)])
+        resolved = alerts_view.resolved_alerts(store, ranges.window("15 min", now))
+        assert len(resolved) == 1
+        run = resolved.iloc[0]
+        assert (run["rule"], run["subject"]) == ("instance_down", "web/web-2")
+        assert 50 <= run["lasted_s"] <= 75
+        assert run["chart"] == "./instances?instance=web%2Fweb-2"
+        assert alerts_view.active_alerts(store, now).empty
+    finally:
+        store.close()

@@ -65,7 +65,7 @@ targets = sorted(_state_now.keep(row.series.target for row in store.latest(sourc
 if not targets:
     st.caption("Instances appear here once the collectors have scraped them.")
 else:
-    selected = st.selectbox("Instance", targets, key="fd_instance")
+    selected = ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]
     # ACTION HOOK: the actions issue fills this container (dashboard/instance_actions.py)
     actions_slot = st.container()
     render_instance_actions(actions_slot, config, store, selected)

@@ -53,7 +53,7 @@ queues_panel()
 st.subheader("Queue detail")
 queue_names = [q.queue for q in queries.queue_workers(store)]
 if queue_names:
-    selected = st.selectbox("Queue", queue_names, key="fd_queue")
+    selected = ui.query_picker("Queue", queue_names, "fd_queue", "queue") or queue_names[0]
 
     @ui.live
     def queue_detail(queue: str) -> None:

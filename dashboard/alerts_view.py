@@ -1,0 +1,124 @@
+"""The Alerts page's data: which rule fires for which subject, since when, its message and where its chart is;
+and the alerts that fired and resolved within the range. No Streamlit here.
+
+Alert samples are written by collectors/alerts.py: target `<rule>/<subject>`, metric `firing` (1/0), text = the
+message while firing. The rules fire on the first evaluation that sees the condition, so there is no pending
+phase to show (docs/architecture.md, "Alerts").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import urlencode
+
+import pandas as pd
+
+from dashboard.fleet_state import FleetState
+from dashboard.queries import DEFAULT_STALE_AFTER_S, current, latest_by_target
+from dashboard.ranges import Window
+
+if TYPE_CHECKING:
+    from core.store import Store
+
+# how far back "since" is looked for: an alert firing for longer says "before <that>"
+SINCE_LOOKBACK_S = 24 * 3600
+HISTORY_POINTS = 1500
+
+# rule → (page url path, query parameter naming the subject); target_down is decided by its subject's source
+RULE_PAGES: dict[str, tuple[str, str | None]] = {
+    "instance_down": ("instances", "instance"),
+    "queue_no_workers": ("queues", "queue"),
+    "backlog_growing": ("queues", "queue"),
+    "failure_ratio": ("queues", "queue"),
+    "redis_eviction_policy": ("redis", None),
+    "redis_evicting": ("redis", None),
+    "db_headroom": ("database", None),
+    "lock_waiters": ("database", None),
+}
+TARGET_PAGES = {"nginx": "load_balancer", "redis": "redis", "postgres": "database", "bullmq": "queues"}
+ACTIVE_COLUMNS = ["rule", "subject", "state", "since", "for_s", "message", "chart"]
+RESOLVED_COLUMNS = ["rule", "subject", "fired", "resolved", "lasted_s", "chart"]
+
+
+class AlertKey(NamedTuple):
+    rule: str
+    subject: str
+
+
+def split_target(target: str) -> AlertKey:
+    rule, _, subject = target.partition("/")
+    return AlertKey(rule, subject)
+
+
+def chart_link(rule: str, subject: str) -> str:
+    """A relative link to the page charting the alert's subject, with the subject selected (st.query_params)."""
+    page, param = RULE_PAGES.get(rule, ("", None))
+    if rule == "target_down":
+        page = TARGET_PAGES.get(subject.partition(":")[0], "")
+    if not page:
+        return "./"
+    return f"./{page}" + (f"?{urlencode({param: subject})}" if param else "")
+
+
+def _runs(ts: list[float], vmax: list[float], vmin: list[float]) -> list[tuple[float, float | None, bool]]:
+    """(first ts firing, first ts not firing after it or None while still firing, whole run seen)."""
+    runs: list[tuple[float, float | None, bool]] = []
+    start: float | None = None
+    for moment, high, low in zip(ts, vmax, vmin, strict=True):
+        if high >= 1 and start is None:
+            start = moment
+        elif low < 1 and high < 1 and start is not None:
+            runs.append((start, moment, True))
+            start = None
+    if start is not None:
+        runs.append((start, None, True))
+    return runs
+
+
+def active_alerts(store: Store, now: float, state: FleetState | None = None,
+                  stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pd.DataFrame:
+    """Alerts firing now (evaluated recently, subject not removed by an action), oldest first."""
+    latest = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
+    firing = {t: m["firing"] for t, m in latest.items()
+              if "firing" in m and m["firing"].value >= 1
+              and (state is None or state.live(split_target(t).subject))}
+    rows = []
+    if firing:
+        infos = {i.target: i for i in store.find_series(source="alert", metric="firing") if i.target in firing}
+        history = store.query_columns([i.id for i in infos.values()], now - SINCE_LOOKBACK_S, now,
+                                      max_points=HISTORY_POINTS)
+        for target, row in firing.items():
+            key = split_target(target)
+            since = row.ts
+            info = infos.get(target)
+            if info is not None and info.id in history:
+                columns = history[info.id]
+                runs = _runs(list(columns.ts), list(columns.vmax), list(columns.vmin))
+                if runs and runs[-1][1] is None:
+                    since = runs[-1][0]
+            rows.append({"rule": key.rule, "subject": key.subject, "state": "firing", "since": since,
+                         "for_s": max(0.0, now - since), "message": (row.text or "")[:500],
+                         "chart": chart_link(key.rule, key.subject)})
+    frame = pd.DataFrame(rows, columns=ACTIVE_COLUMNS)
+    return frame.sort_values(["since", "rule", "subject"]).reset_index(drop=True) if not frame.empty else frame
+
+
+def resolved_alerts(store: Store, window: Window) -> pd.DataFrame:
+    """Every firing → resolved run within the window, newest first (the message of a resolved run is not kept:
+    the store keeps the text of a series' latest sample only)."""
+    infos = store.find_series(source="alert", metric="firing")
+    rows = []
+    if infos:
+        history = store.query_columns([i.id for i in infos], window.start, window.end, max_points=HISTORY_POINTS)
+        for info in infos:
+            columns = history.get(info.id)
+            if columns is None or not len(columns.ts):
+                continue
+            key = split_target(info.target)
+            for fired, resolved, _whole in _runs(list(columns.ts), list(columns.vmax), list(columns.vmin)):
+                if resolved is None:
+                    continue
+                rows.append({"rule": key.rule, "subject": key.subject, "fired": fired, "resolved": resolved,
+                             "lasted_s": resolved - fired, "chart": chart_link(key.rule, key.subject)})
+    frame = pd.DataFrame(rows, columns=RESOLVED_COLUMNS)
+    return frame.sort_values("resolved", ascending=False).reset_index(drop=True) if not frame.empty else frame
