@@ -507,10 +507,13 @@ def queues_table(store: StoreView, window: Window) -> pd.DataFrame:
     """queue × state: the current count and a sparkline of the window (lists for LineChartColumn)."""
     latest = {t: m for t, m in latest_by_target(store, "bullmq").items() if "waiting" in m}
     rows: list[dict[str, Any]] = []
+    trend_span = 0.0
     if latest:
         infos = [i for i in store.find_series(source="bullmq") if i.metric in QUEUE_STATES and i.target in latest]
         points = store.query([i.id for i in infos], window.start, window.end, max_points=SPARKLINE_POINTS)
         history = {(i.target, i.metric): [p.value for p in points.get(i.id, [])] for i in infos}
+        stamps = [p.ts for series in points.values() for p in series]
+        trend_span = (max(stamps) - min(stamps)) if stamps else 0.0
         for target in sorted(latest):
             metrics = latest[target]
             for state in QUEUE_STATES:
@@ -519,7 +522,10 @@ def queues_table(store: StoreView, window: Window) -> pd.DataFrame:
                         "queue": target, "state": state, "count": value_of(metrics, state),
                         "trend": history.get((target, state), []),
                     })
-    return pd.DataFrame(rows, columns=["queue", "state", "count", "trend"])
+    frame = pd.DataFrame(rows, columns=["queue", "state", "count", "trend"])
+    # a sparkline stretches its points over the column: the label must name the span the points cover
+    frame.attrs["trend_span_s"] = trend_span if rows else 0.0
+    return frame
 
 
 class QueueWorkers(NamedTuple):
@@ -703,10 +709,19 @@ def redis_view(store: StoreView, target: str, window: Window) -> RedisView:
     clients = value_of(metrics, "connected_clients")
     ops = value_of(metrics, "ops_per_s")
     rejected = value_of(metrics, "rejected_connections")
-    memory_text = "—" if used is None else (f"{used / 2**20:.0f} / {maxmemory / 2**20:.0f} MiB" if maxmemory
-                                            else f"{used / 2**20:.0f} MiB, no max")
+    # short values: a st.metric cuts what does not fit its column ("50 / 100 MiB, no max" was cut off)
+    memory_text = "—" if used is None else (f"{used / 2**20:.1f} MiB" if used < 10 * 2**20
+                                            else f"{used / 2**20:.0f} MiB")
+    if maxmemory is None:
+        max_text = "—"
+    elif maxmemory <= 0:
+        max_text = "unlimited"  # maxmemory 0: Redis grows until the machine runs out
+    else:
+        max_text = f"{maxmemory / 2**20:.0f} MiB" + (f" ({used / maxmemory:.0%} used)" if used is not None else "")
     tiles = [
-        Tile("Memory", memory_text, used, "used_memory / maxmemory",
+        Tile("Memory", memory_text, used, "used_memory",
+             bad=bool(maxmemory) and used is not None and used >= 0.9 * (maxmemory or 1)),
+        Tile("maxmemory", max_text, maxmemory, "Redis's memory limit (maxmemory 0 = unlimited) and the share used",
              bad=bool(maxmemory) and used is not None and used >= 0.9 * (maxmemory or 1)),
         Tile("Clients", fmt(clients, ".0f"), clients, "connected clients"),
         Tile("Ops/s", fmt(ops, ".0f"), ops, "commands processed per second"),

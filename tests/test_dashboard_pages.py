@@ -187,7 +187,8 @@ def test_database_page(open_page: Callable[[Path, str], AppTest], normal_config:
 def test_redis_page(open_page: Callable[[Path, str], AppTest], normal_config: Path) -> None:
     app = open_page(normal_config, "redis")
     values = metrics(app)
-    assert values["Memory"] == "50 / 100 MiB"
+    assert values["Memory"] == "50 MiB"
+    assert values["maxmemory"] == "100 MiB (50% used)"
     assert values["Clients"] == "12"
     assert values["Ops/s"] == "340"
     assert "allkeys-lru" in texts(app.warning) and "noeviction" in texts(app.warning)

@@ -4,6 +4,8 @@ the actions write."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +164,27 @@ def test_alert_history_lists_resolved_runs_with_links(tmp_path: Path) -> None:
         assert alerts_view.active_alerts(store, now).empty
     finally:
         store.close()
+
+
+def test_redis_without_maxmemory_says_unlimited(open_page: Callable[[Path, str], AppTest], tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    now = time.time()
+    store.write_samples([Sample("redis", "redis:main", "up", 1, now, "bool"),
+                         Sample("redis", "redis:main", "used_memory_bytes", 1.25 * 2**20, now, "bytes"),
+                         Sample("redis", "redis:main", "maxmemory_bytes", 0, now, "bytes")])
+    store.close()
+    app = open_page(config, "redis")
+    assert metrics(app)["Memory"] == "1.2 MiB" and metrics(app)["maxmemory"] == "unlimited"
+    assert len(app.get("plotly_chart")) == 4  # the four time charts; no "full" usage bar against no limit
+    assert "unlimited" in texts(app.caption)
+
+
+def test_queue_sparklines_name_the_span_they_cover(open_page: Callable[[Path, str], AppTest],
+                                                   states_config: Path) -> None:
+    """15 min of history under a 1 h range: the sparkline column says 15 min, not "last 1 h"."""
+    app = open_page(states_config, "queues")
+    columns = app.dataframe[0].proto.columns
+    label = json.loads(columns)["trend"]["label"]
+    assert re.fullmatch(r"last 1[3-7] min \(of 1 h\)", label), label  # 90 s buckets: 13–17 min
+    assert '"last 1 h"' not in columns

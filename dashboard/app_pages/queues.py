@@ -16,6 +16,13 @@ store = ui.store()
 st.title("Queues")
 
 
+def trend_label(span_s: float, window: ranges.Window) -> str:
+    """The span the sparklines really cover: the range, or less when the history is shorter than the range."""
+    if span_s >= 0.9 * window.span_s:
+        return f"last {ui.range_label()}"
+    return f"last {ranges.format_duration(span_s)} (of {ui.range_label()})"
+
+
 @ui.live
 def queues_panel() -> None:
     data = ui.panel_data(store)
@@ -44,7 +51,8 @@ def queues_panel() -> None:
     frame = queries.queues_table(store, data.window)
     ui.table(frame, "queue states", "queues", column_config={
         "count": st.column_config.NumberColumn("now", format="%d"),
-        "trend": st.column_config.LineChartColumn(f"last {ui.range_label()}", y_min=0),
+        "trend": st.column_config.LineChartColumn(trend_label(frame.attrs.get("trend_span_s", 0.0), data.window),
+                                                  y_min=0),
     })
 
 

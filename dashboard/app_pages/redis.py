@@ -27,10 +27,14 @@ def redis_panel() -> None:
         if view.policy_ok is False:
             st.warning(f"maxmemory-policy is **{view.policy or 'not noeviction'}**: BullMQ needs `noeviction`, "
                        "otherwise Redis may evict queue keys and jobs vanish.", icon=":material/warning:")
-        ui.tiles(view.tiles, per_row=5)
-        if view.used_memory is not None:
+        ui.tiles(view.tiles, per_row=3)
+        if view.used_memory is not None and view.maxmemory:
             st.plotly_chart(figures.usage_bar(view.used_memory, view.maxmemory, "Memory vs maxmemory", 2**20, "MiB"),
                             theme="streamlit", key=f"mem-{target}")
+        elif view.maxmemory is not None:
+            # a bar against "no limit" would read as full: say what it means instead
+            st.caption("maxmemory is 0 (unlimited): Redis grows until the machine runs out of memory. Set a limit "
+                       "with `maxmemory-policy noeviction` so BullMQ errors instead of losing jobs.")
         ui.charts_grid(queries.redis_charts(store, data.window, target), data, key_prefix=f"redis-{target}")
 
 
