@@ -101,4 +101,6 @@ def freshness(latest_ts: float | None, now: float | None = None) -> str:
     if latest_ts is None:
         return "No data yet"
     current = time.time() if now is None else now
-    return f"Data as of {format_clock(latest_ts)} ({format_age(current - latest_ts)})"
+    # the wall-clock times stay true when auto-refresh is off and the page sits still; the age alone would not
+    age = format_age(current - latest_ts)
+    return f"Data as of {format_clock(latest_ts)} ({age} when drawn at {format_clock(current)})"

@@ -196,18 +196,21 @@ def freshness(store_: StoreView, source: str, now: float, stale_after_s: float) 
 
 def freshness_by_source(store_: StoreView, config: FleetConfig, sources: Sequence[str], now: float) -> None:
     """One caption for a panel fed by several sources: each source's age; a warning names the stalled ones."""
-    parts, stalled = [], []
+    parts, stalled, stamps = [], [], []
     for source in sources:
         newest = queries.source_newest_ts(store_, source)
         if newest is None:
             continue
+        stamps.append(newest)
         parts.append(f"{source} {ranges.format_age(now - newest)}")
         if now - newest > stale_after(config, source):
             stalled.append(source)
     if not parts:
         st.caption(ranges.freshness(None))
         return
-    st.caption("Data as of: " + " · ".join(parts))
+    # absolute times too: with auto-refresh off, "2 s ago" alone would stay on screen for hours
+    st.caption(f"Data as of {ranges.format_clock(max(stamps))}, drawn at {ranges.format_clock(now)}: "
+               + " · ".join(parts))
     if stalled:
         st.warning(f"Collection looks stalled for: {', '.join(stalled)}: {fault_panels.stall_reason(config, now)}.",
                    icon=":material/schedule:")

@@ -128,7 +128,7 @@ def test_ranges() -> None:
     assert [ranges.format_age(a) for a in (None, 4, 300, 7200, 3 * 86400)] == [
         "never", "4 s ago", "5 min ago", "2 h ago", "3 d ago"]
     assert ranges.freshness(None) == "No data yet"
-    assert ranges.freshness(1000.0, now=1012.0).endswith("(12 s ago)")
+    assert "(12 s ago when drawn at " in ranges.freshness(1000.0, now=1012.0)
 
 
 def test_spike_survives_store_and_figure(tmp_path: Path) -> None:

@@ -188,3 +188,15 @@ def test_queue_sparklines_name_the_span_they_cover(open_page: Callable[[Path, st
     label = json.loads(columns)["trend"]["label"]
     assert re.fullmatch(r"last 1[3-7] min \(of 1 h\)", label), label  # 90 s buckets: 13–17 min
     assert '"last 1 h"' not in columns
+
+
+def test_freshness_caption_carries_wall_clock_times(open_page: Callable[[Path, str], AppTest],
+                                                    states_config: Path) -> None:
+    """With auto-refresh off a frozen "2 s ago" would mislead: the caption names the clock times as well."""
+    app = open_page(states_config, "overview")
+    caption = next(c.value for c in app.caption if c.value.startswith("Data as of"))
+    assert re.match(r"Data as of (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d, drawn at (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d: ",
+                    caption), caption
+    app = open_page(states_config, "redis")
+    caption = next(c.value for c in app.caption if c.value.startswith("Data as of"))
+    assert re.search(r"when drawn at \d\d:\d\d:\d\d", caption), caption

@@ -112,3 +112,22 @@ def test_scaling_tests_page_shows_the_last_run(open_page) -> None:  # type: igno
     assert list(steps["replicas"]) == [1, 2]
     # the viewer (nobody logged in) cannot start a test
     assert next(b for b in app.button if b.label == "Start").disabled
+
+
+def test_readiness_run_draws_no_empty_throughput_chart(open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A readiness run has no timeline: the live panel says so instead of two empty charts."""
+    app = open_page("scaling_tests")
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    recorder = testruns.Recorder(store, "readiness-20250101-000000-abcdef", "readiness", {"rules": "all"}, "alice")
+    recorder.finish("done", passed=True, progress=1.0, message="done: Silver")
+    store.close()
+    app.run()
+    assert not app.exception, app.exception
+    markdown = " ".join(m.value for m in app.markdown)
+    assert "readiness-20250101-000000-abcdef" in markdown  # the newest run is the one shown
+    charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    titles = [str(c.get("layout", {}).get("title", {}).get("text", "")) for c in charts]
+    assert "Throughput" not in titles and "p95 latency" not in titles, titles
+    assert "not a throughput timeline" in " ".join(c.value for c in app.caption)
+    past = app.dataframe[-1].value
+    assert past.iloc[0]["run"] == "readiness-20250101-000000-abcdef"

@@ -20,6 +20,7 @@ store = ui.store()
 principal = auth_gate.current_principal() or auth_gate.ANONYMOUS
 may_run = allowed(principal, "start_test")
 SELECTED_KEY = "fd_testrun_selected"
+PAST_RUNS_REFRESH_S = 3.0
 
 st.title("Scaling tests")
 
@@ -79,10 +80,14 @@ def live_panel() -> None:
     st.progress(float(doc.get("progress") or 0.0), text=doc.get("message") or "")
     if running and time.time() - doc.get("updated_at", 0) > 30:
         st.warning("No progress for 30 s: the process running this test may have stopped.")
-    throughput, latency = report.run_timeline_figures(doc)
-    left, right = st.columns(2)
-    left.plotly_chart(throughput, key="fd_live_tp")
-    right.plotly_chart(latency, key="fd_live_lat")
+    if doc.get("timeline"):
+        throughput, latency = report.run_timeline_figures(doc)
+        left, right = st.columns(2)
+        left.plotly_chart(throughput, key="fd_live_tp")
+        right.plotly_chart(latency, key="fd_live_lat")
+    elif doc["kind"] == "readiness":
+        # a readiness run measures rules, not a throughput timeline: empty charts would only look broken
+        st.caption("Readiness runs record rule verdicts, not a throughput timeline: see the Scorecard page.")
     instances = report.instances_figure(doc)
     if instances is not None:
         st.plotly_chart(instances, key="fd_live_inst")
@@ -101,15 +106,25 @@ def live_panel() -> None:
 live_panel()
 
 st.subheader("Past runs")
-past = testruns.list_runs(store, limit=50)
-if past:
+
+
+@st.fragment(run_every=PAST_RUNS_REFRESH_S)
+def past_runs() -> None:
+    """A fragment of its own: a run started here (its document is written by the run's thread, a moment after the
+    click) or elsewhere appears without a reload."""
+    past = testruns.list_runs(store, limit=50)
+    if not past:
+        st.caption("No runs yet.")
+        return
     frame = pd.DataFrame([{
         "run": d["run_id"], "kind": d["kind"], "state": d["state"], "passed": d.get("passed"),
         "started": pd.to_datetime(d["started_at"], unit="s"), "who": d.get("who"), "summary": d.get("message"),
     } for d in past])
     chosen = st.dataframe(frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="fd_runs")
     rows = chosen.selection.rows if chosen is not None else []
-    if rows:
+    if rows and rows[0] < len(past):
         st.session_state[SELECTED_KEY] = past[rows[0]]["run_id"]
-else:
-    st.caption("No runs yet.")
+    st.caption(f"{len(past)} run(s), newest first; refreshed every {PAST_RUNS_REFRESH_S:g} s.")
+
+
+past_runs()
