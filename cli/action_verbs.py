@@ -27,7 +27,14 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 3
 
 
+# the outcome line an operation sends last ("refused: …", "ok: …"): `_exit_code` prints the outcome once itself
+# (stderr for refused/failed), so the progress stream leaves it out
+OUTCOME_PREFIXES = ("ok: ", "noop: ", "failed: ", "refused: ")
+
+
 def _say(op_id: str, message: str) -> None:
+    if message.startswith(OUTCOME_PREFIXES):
+        return
     print(f"{time.strftime('%H:%M:%S')} [{op_id}] {message}", flush=True)
 
 
@@ -185,7 +192,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     undrain = subparsers.add_parser("undrain", help="put a drained instance back in rotation")
     undrain.add_argument("instance")
-    _common(undrain, confirm=False)
+    # --yes is accepted like on every action verb (scripts pass it uniformly); putting an instance back in
+    # rotation is not disruptive, so there is nothing to confirm
+    _common(undrain)
     undrain.set_defaults(handler=_undrain)
 
     restart = subparsers.add_parser("restart", help="restart an instance, or --rolling a whole service")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -60,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetdeck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `fleetdeck status | head`: the reader went away. Like any Unix filter, stop quietly; point stdout at
+        # /dev/null so the interpreter's final flush does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a filter killed by the pipe
 
 
 if __name__ == "__main__":  # `python -m cli.main`, e.g. in the Docker image, which has no console script

@@ -90,6 +90,12 @@ def test_zero_dropped_requests_through_drain_scale_and_rolling_restart(fleet_con
         pids_after = {r.instance_id: r.pid for r in LocalOrchestrator(fleet_config, store).list(
             fleet_config.service("web"))}
         assert set(pids_after.values()).isdisjoint(pids_before.values()), "rolling restart left a process"
+        # the message and the audit name every replacement as it happened (id and address), not the old names
+        replaced = rolled.after["replaced_by"]
+        assert list(replaced) == before_restart
+        assert sorted(new.split(" ")[0] for new in replaced.values()) == sorted(live_ids(fleet_config, store))
+        for old, new in replaced.items():
+            assert f"{old} → {new}" in rolled.detail, rolled.detail
         load.wait_requests(60)
     report = load.report
     print(report.summary())
@@ -100,6 +106,7 @@ def test_zero_dropped_requests_through_drain_scale_and_rolling_restart(fleet_con
 
     audit_rows = store.audit(op_id=rolled.op_id)
     assert [row.result for row in audit_rows] == ["started", "ok"]
+    assert audit_rows[-1].after.get("replaced_by") == rolled.after["replaced_by"]
 
 
 def test_negative_control_kill_9_under_load_drops_requests(fleet_config: FleetConfig, store: Store) -> None:

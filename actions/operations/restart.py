@@ -78,8 +78,12 @@ def restart_locked(ctx: OperationContext, op: audit.Operation, service: ServiceC
         upstream = [s for s in ctx.upstream(service) if s.address not in (fresh.address, replica.address)]
         ctx.apply(op, service, [*upstream, UpstreamServer(fresh.address, UP, fresh.instance_id)],
                   f"putting {fresh.instance_id} in rotation")
-    return OperationResult(True, f"{replica.instance_id} restarted as {fresh.instance_id} on {fresh.address}",
-                           after={"new_instance": fresh.instance_id}, result=audit.OK)
+    same = fresh.instance_id == replica.instance_id and fresh.address == replica.address
+    message = (f"restarted {replica.instance_id} on {fresh.address}" if same else
+               f"replaced {replica.instance_id} ({replica.address}) by {fresh.instance_id} ({fresh.address})")
+    return OperationResult(True, message, after={"new_instance": fresh.instance_id, "new_address": fresh.address,
+                                                 "old_instance": replica.instance_id, "old_address": replica.address},
+                           result=audit.OK)
 
 
 class Restart:

@@ -47,6 +47,9 @@ def execute(ctx: OperationContext, principal: Principal, service_name: str, *,
         def body(op: audit.Operation) -> OperationResult:
             originals = [r.instance_id for r in ctx.live(service)]
             done: list[str] = []
+            # old id → new id and address: a replacement may come back under another id or port, and the message
+            # and the audit say so instead of claiming the old names were restarted
+            replaced: dict[str, str] = {}
             for instance_id in originals:
                 replica = next((r for r in ctx.live(service) if r.instance_id == instance_id), None)
                 if replica is None:
@@ -58,11 +61,14 @@ def execute(ctx: OperationContext, principal: Principal, service_name: str, *,
                 if not outcome.ok:
                     message = (f"rolling restart stopped at {instance_id} after {len(done)} of"
                                f" {len(originals)}: {outcome.error or outcome.detail}")
-                    return OperationResult(False, message, after={"restarted": done}, result=audit.FAILED,
-                                           error=message)
+                    return OperationResult(False, message, after={"restarted": done, "replaced_by": replaced},
+                                           result=audit.FAILED, error=message)
                 done.append(instance_id)
-            return OperationResult(True, f"restarted {len(done)} replica(s): {', '.join(done)}",
-                                   after={"restarted": done}, result=audit.OK)
+                after = outcome.after or {}
+                replaced[instance_id] = f"{after.get('new_instance', '?')} ({after.get('new_address', '?')})"
+            pairs = ", ".join(f"{old} → {new}" for old, new in replaced.items())
+            return OperationResult(True, f"restarted {len(done)} replica(s): {pairs}",
+                                   after={"restarted": done, "replaced_by": replaced}, result=audit.OK)
 
         return service, body
 
