@@ -75,6 +75,25 @@ def _runs(ts: list[float], vmax: list[float], vmin: list[float]) -> list[tuple[f
     return runs
 
 
+def _run_start(store: Store, series_id: int, start: float, end: float) -> float | None:
+    columns = store.query_columns([series_id], start, end, max_points=HISTORY_POINTS).get(series_id)
+    if columns is None or not len(columns.ts):
+        return None
+    runs = _runs(list(columns.ts), list(columns.vmax), list(columns.vmin))
+    return runs[-1][0] if runs and runs[-1][1] is None else None
+
+
+def firing_since(store: Store, series_id: int, now: float) -> float | None:
+    """The start of the current firing run: a coarse pass over a day (buckets of ~1 min), then a fine pass from
+    one coarse bucket before that start (buckets of a few seconds for a run of minutes)."""
+    coarse = _run_start(store, series_id, now - SINCE_LOOKBACK_S, now)
+    if coarse is None:
+        return None
+    coarse_step = SINCE_LOOKBACK_S / HISTORY_POINTS
+    fine = _run_start(store, series_id, coarse - 2 * coarse_step, now)
+    return fine if fine is not None and fine >= coarse - coarse_step else coarse
+
+
 def active_alerts(store: Store, now: float, state: FleetState | None = None,
                   stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pd.DataFrame:
     """Alerts firing now (evaluated recently, subject not removed by an action), oldest first."""
@@ -85,17 +104,10 @@ def active_alerts(store: Store, now: float, state: FleetState | None = None,
     rows = []
     if firing:
         infos = {i.target: i for i in store.find_series(source="alert", metric="firing") if i.target in firing}
-        history = store.query_columns([i.id for i in infos.values()], now - SINCE_LOOKBACK_S, now,
-                                      max_points=HISTORY_POINTS)
         for target, row in firing.items():
             key = split_target(target)
-            since = row.ts
             info = infos.get(target)
-            if info is not None and info.id in history:
-                columns = history[info.id]
-                runs = _runs(list(columns.ts), list(columns.vmax), list(columns.vmin))
-                if runs and runs[-1][1] is None:
-                    since = runs[-1][0]
+            since = row.ts if info is None else firing_since(store, info.id, now) or row.ts
             rows.append({"rule": key.rule, "subject": key.subject, "state": "firing", "since": since,
                          "for_s": max(0.0, now - since), "message": (row.text or "")[:500],
                          "chart": chart_link(key.rule, key.subject)})

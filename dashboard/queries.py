@@ -44,6 +44,7 @@ class Tile(NamedTuple):
     raw: float | None  # the number behind it (None: no data), for tests and thresholds
     help: str
     bad: bool = False  # the page colours it / adds a warning
+    note: str | None = None  # the short red line under a bad tile (default "needs attention")
 
 
 @dataclass
@@ -200,10 +201,13 @@ def overview_tiles(store: StoreView, stale_after_s: float = DEFAULT_STALE_AFTER_
         running = sum(c.running for c in counts) + sum(1 for t, m in instances.items()
                                                          if t.startswith("static/") and (value_of(m, "up") or 0) >= 1)
         dead = sum(c.dead for c in counts)
-        instances_tile = Tile("Instances", f"{running} / {desired} running" + (f" · {dead} dead" if dead else ""),
-                              float(running), "replicas answering their health check / the desired count "
-                              "(last scale, else the config); dead: the process is gone or does not answer",
-                              bad=running < desired or dead > 0)
+        # the value stays short (a st.metric cuts what does not fit a quarter of the page); the dead count is the
+        # red line under it
+        instances_tile = Tile("Instances running", f"{running} / {desired}", float(running),
+                              "replicas answering their health check / the desired count (last scale, else the "
+                              "config); dead: the process is gone or does not answer",
+                              bad=running < desired or dead > 0,
+                              note=f"{dead} dead" if dead else ("below desired" if running < desired else None))
     else:
         instances_tile = Tile("Instances", f"{up_count} / {total} up" if total else "—",
                               float(up_count) if total else None,

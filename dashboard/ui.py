@@ -236,7 +236,8 @@ def tiles(items: Sequence[Tile], per_row: int = 4) -> None:
         for column, tile in zip(columns, items[first : first + per_row], strict=False):
             # a red "needs attention" delta is the on-call's cue; healthy tiles carry none
             column.metric(tile.label, tile.value, help=tile.help, border=True,
-                          delta="needs attention" if tile.bad else None, delta_color="red", delta_arrow="off")
+                          delta=(tile.note or "needs attention") if tile.bad else None, delta_color="red",
+                          delta_arrow="off")
 
 
 def chart(spec: Chart, data: PanelData, key: str | None = None, height: int = 260) -> None:

@@ -71,7 +71,8 @@ def open_page(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, str], AppTest]
 def test_overview_shows_desired_running_and_dead(open_page: Callable[[Path, str], AppTest],
                                                  states_config: Path) -> None:
     app = open_page(states_config, "overview")
-    assert metrics(app)["Instances"] == "2 / 3 running · 1 dead"
+    tile = next(m for m in app.metric if m.label == "Instances running")
+    assert (tile.value, tile.delta) == ("2 / 3", "1 dead")
     # a replica a scale-down removed is not an outage: no red box, and its last alert does not count
     assert "web/web-4" not in texts(app.error)
     assert metrics(app)["Active alerts"] == "1"  # the seeded queue alert only
@@ -200,3 +201,19 @@ def test_freshness_caption_carries_wall_clock_times(open_page: Callable[[Path, s
     app = open_page(states_config, "redis")
     caption = next(c.value for c in app.caption if c.value.startswith("Data as of"))
     assert re.search(r"when drawn at \d\d:\d\d:\d\d", caption), caption
+
+
+def test_alert_since_is_the_start_of_the_firing_run(tmp_path: Path) -> None:
+    """Precise to a few seconds, not to the minute bucket of a day-long query."""
+    from dashboard import alerts_view
+
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    try:
+        now = time.time()
+        store.write_samples([Sample("alert", "instance_down/web/web-2", "firing", 1 if age <= 45 else 0, now - age,
+                                    "bool", text="web/web-2 is down" if age <= 45 else "") for age in range(600, -1, -2)])
+        active = alerts_view.active_alerts(store, now)
+        assert list(active["subject"]) == ["web/web-2"]
+        assert abs(active.iloc[0]["since"] - (now - 45)) <= 5, now - active.iloc[0]["since"]
+    finally:
+        store.close()
