@@ -211,7 +211,8 @@ def test_alert_since_is_the_start_of_the_firing_run(tmp_path: Path) -> None:
     try:
         now = time.time()
         store.write_samples([Sample("alert", "instance_down/web/web-2", "firing", 1 if age <= 45 else 0, now - age,
-                                    "bool", text="web/web-2 is down" if age <= 45 else "") for age in range(600, -1, -2)])
+                                    "bool", text="web/web-2 is down" if age <= 45 else "")
+                             for age in range(600, -1, -2)])
         active = alerts_view.active_alerts(store, now)
         assert list(active["subject"]) == ["web/web-2"]
         assert abs(active.iloc[0]["since"] - (now - 45)) <= 5, now - active.iloc[0]["since"]
