@@ -44,6 +44,10 @@ def seed_states(directory: Path) -> Path:
         Sample("instance", "web/web-4", "up", 0, now - 2, "bool", text=REMOVED_ERROR),
         Sample("alert", "instance_down/web/web-4", "firing", 1, now - 2, "bool", text="web/web-4 is down"),
     ])
+    logs = directory / "run" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "web-1.log").write_text("".join(f"GET /work/echo 200 request {n}\n" for n in range(500))
+                                    + "ERROR pool exhausted <script>alert(1)</script>\n" + "x" * 5000 + "\n")
     store.add_event("replica.stop", "web/web-4", "stopped (graceful)", ts=now - 5)
     store.add_event("action", "web", "scale web 4 → 3: stopped web-4", ts=now - 4)
     store.close()
@@ -218,3 +222,15 @@ def test_alert_since_is_the_start_of_the_firing_run(tmp_path: Path) -> None:
         assert abs(active.iloc[0]["since"] - (now - 45)) <= 5, now - active.iloc[0]["since"]
     finally:
         store.close()
+
+
+def test_instance_detail_tails_and_searches_the_replica_log(open_page: Callable[[Path, str], AppTest],
+                                                            states_config: Path) -> None:
+    app = open_page(states_config, "instances")
+    app.selectbox(key="fd_instance").set_value("web/web-1").run()
+    log = app.code[-1].value.splitlines()
+    assert len(log) == 200 and log[-3] == "GET /work/echo 200 request 499"
+    assert log[-1].endswith(" …") and len(log[-1]) < 2100  # a runaway line is cut
+    app.text_input(key="fd_log_search").set_value("error").run()
+    assert app.code[-1].value == "ERROR pool exhausted <script>alert(1)</script>"  # shown as text, not HTML
+    assert "1 line(s) containing “error” of the last 502" in texts(app.caption)

@@ -134,6 +134,14 @@ def test_live_fleet_in_the_browser_and_a_killed_replica_turns_down(live_fleet: P
             assert seen_after_s < 20
             # the others stay up
             assert page.locator('[data-testid="stMarkdownContainer"]', has_text="web/web-2 UP").count() >= 1
+            # the CLI's status marks it dead in the registry (as the issue saw): it must stay DOWN, not vanish
+            fleetdeck(live_fleet, "status")
+            settle(page, f"{base}/")
+            page.get_by_text("1 dead", exact=True).first.wait_for(timeout=20_000)
+            assert page.get_by_text("2 / 3", exact=True).count() >= 1
+            settle(page, f"{base}/alerts")
+            page.get_by_text("Firing now: 1").first.wait_for(timeout=20_000)
+            page.screenshot(path=str(SCREENSHOTS / "live-alerts-replica-down.png"))
         finally:
             browser.close()
 

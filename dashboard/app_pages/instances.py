@@ -6,6 +6,7 @@ import time
 
 import streamlit as st
 
+from actions import replica_logs
 from actions.autoscale import advice_lines
 from dashboard import fleet_state, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions, render_service_actions
@@ -58,6 +59,23 @@ for line in advice_lines(config, store):  # the autoscaler's recommendation and 
     st.caption(line)
 render_service_actions(config)
 
+def render_log(target: str) -> None:
+    """The replica's log: the last N lines, or the last N containing a text (read fresh on every rerun)."""
+    with st.expander(f"Log of {target}", icon=":material/article:"):
+        lines_col, search_col, _ = st.columns([1, 2, 1])
+        lines = lines_col.selectbox("Lines", [50, 200, 1000], index=1, key="fd_log_lines")
+        search = search_col.text_input("Search (case-insensitive)", key="fd_log_search", max_chars=200)
+        view = replica_logs.replica_log(config, ui.live_store(), target, int(lines), search)
+        if view.error:
+            st.caption(view.error)
+            return
+        found = f"{len(view.lines)} line(s) containing “{search.strip()}”" if search.strip() else \
+            f"last {len(view.lines)} line(s)"
+        st.caption(f"{found} of the last {view.scanned_lines} in {view.source}")
+        # st.code escapes: log lines are untrusted text
+        st.code("\n".join(view.lines) or "(nothing)", language=None, height=400 if len(view.lines) > 15 else "content")
+
+
 st.subheader("Instance detail")
 _state_now = fleet_state.fleet_state(store, time.time())
 # a replica an action removed is history now: the picker offers the live ones
@@ -101,3 +119,4 @@ else:
             ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
 
     detail_panel(selected)
+    render_log(selected)
