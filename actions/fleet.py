@@ -50,7 +50,8 @@ from core.store import Store, open_store
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
+# server.py: app.py plus the session-cookie routes (sessions survive a reload; dashboard/session_cookie.py)
+DASHBOARD_APP = REPO_ROOT / "dashboard" / "server.py"
 DASHBOARD_BOOT_TIMEOUT_S = 60.0
 COLLECTOR_SETTLE_S = 1.5
 

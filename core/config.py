@@ -198,6 +198,11 @@ class DashboardConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8501
     embedded_collector: bool = True  # run the scheduler inside the dashboard process
+    # sessions survive a reload through a signed HttpOnly cookie (dashboard/session_cookie.py): logged out after
+    # this long without a page view, and after session_max_age_s whatever happens
+    session_idle_timeout_s: Annotated[float, Field(gt=0)] = 8 * 3600
+    session_max_age_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600
+    session_secret: str | None = None  # HMAC key of the cookie; default: a random key in <state_dir>/session.key
 
 
 class PrometheusConfig(_Strict):

@@ -21,6 +21,19 @@ def current_principal() -> Principal | None:
     return Principal(*value) if value else None
 
 
+def _session_hook(config: FleetConfig) -> None:
+    """Session cookie hook (dashboard/session_cookie.py): restore the principal after a reload, end an idle one."""
+    from dashboard import session_cookie, ui
+
+    if st.session_state.get(PRINCIPAL_KEY) and session_cookie.idle_expired(config):
+        logout(config)
+    elif not st.session_state.get(PRINCIPAL_KEY):
+        restored = session_cookie.restore(config, ui.live_store())
+        if restored is not None:
+            _remember(restored)
+            session_cookie.idle_expired(config)  # starts the idle clock of this Streamlit session
+
+
 def _remember(principal: Principal) -> None:
     st.session_state[PRINCIPAL_KEY] = tuple(principal)  # plain tuple: small and picklable session state
 
@@ -33,8 +46,12 @@ def _oidc_ready() -> bool:
         return False
 
 
-def logout() -> None:
+def logout(config: FleetConfig | None = None) -> None:
     principal = current_principal()
+    if config is not None:
+        from dashboard import session_cookie, ui
+
+        session_cookie.on_logout(config, ui.live_store())  # invalidated server-side, cookie cleared next run
     st.session_state.pop(PRINCIPAL_KEY, None)
     if principal is not None and principal.via == "oidc":
         st.logout()
@@ -72,6 +89,9 @@ def login_gate(config: FleetConfig, *, allow_anonymous: bool = True) -> Principa
                 st.error("Unknown user or wrong password.")
             else:
                 _remember(found)
+                from dashboard import session_cookie, ui
+
+                session_cookie.after_login(ui.live_store(), found)  # the cookie that survives a reload
                 st.rerun()
     elif not auth.oidc:
         st.caption("No dashboard users are configured (auth.users): the dashboard is read-only.")
@@ -80,6 +100,10 @@ def login_gate(config: FleetConfig, *, allow_anonymous: bool = True) -> Principa
 
 def sidebar_identity(config: FleetConfig) -> Principal:
     """A compact identity box for the sidebar: who am I, my role, log out; logs in when nobody is."""
+    from dashboard import session_cookie
+
+    _session_hook(config)
+    session_cookie.pending_redirect()
     with st.sidebar:
         principal = current_principal()
         if principal is None:
@@ -87,5 +111,5 @@ def sidebar_identity(config: FleetConfig) -> Principal:
                 principal = login_gate(config) or ANONYMOUS
             return principal
         st.caption(f"Signed in as **{principal.name}** ({principal.role}, via {principal.via})")
-        st.button("Log out", on_click=logout, key="fd_logout", icon=":material/logout:")
+        st.button("Log out", on_click=logout, args=(config,), key="fd_logout", icon=":material/logout:")
         return principal
