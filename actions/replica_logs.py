@@ -59,7 +59,7 @@ def replica_log(config: FleetConfig, store: Store, target: str, lines: int = 200
         return LogView([], "", 0, f"'{service_name}' is not a service fleetdeck runs: no log to read")
     record = next((r for r in store.replicas(service_name) if r.instance_id == instance_id), None)
     if service.backend == "local":
-        from actions.local import LocalOrchestrator
+        from actions.backends.local import LocalOrchestrator
 
         path = LocalOrchestrator(config, store).log_path(instance_id)
         try:
@@ -70,7 +70,7 @@ def replica_log(config: FleetConfig, store: Store, target: str, lines: int = 200
         return LogView(shown, str(path), scanned)
     if service.backend == "docker" and record is not None:
         try:
-            from actions.docker_backend import connect_docker
+            from actions.backends.docker import connect_docker
 
             client = connect_docker(None)
             try:

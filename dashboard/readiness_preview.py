@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from actions.proving import testruns
 from actions.auth import Principal
+from actions.proving import testruns
 from core.config import FleetConfig
 from core.store import Store
 from dashboard.action_panel import describe_lock

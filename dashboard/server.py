@@ -6,16 +6,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from dashboard import session_cookie  # noqa: E402
+from dashboard import session_cookie  # the package comes from the editable install (`make venv`)
 
 session_cookie.ROUTES_MOUNTED = True
 app = st.App(str(Path(__file__).resolve().parent / "app.py"), routes=session_cookie.routes())

@@ -167,7 +167,7 @@ def test_readiness_run_needs_preview_and_typed_confirmation(config_file: Path) -
     app.run()
     assert not app.exception, app.exception
     # on the real page the button only opens the preview (no run starts on one click)
-    from actions import testruns
+    from actions.proving import testruns
     from core.config import load_config
 
     store = Store(load_config().store_url)
