@@ -73,9 +73,13 @@ page = st.navigation([st.Page(lambda: charts("Floor A"), title="Floor A", url_pa
 page.run()
 '''
 
-CHART_COUNT_JS = "() => document.querySelectorAll('.js-plotly-plot .main-svg').length"
-FIRST_RANGE_JS = """() => { const gd = document.querySelector('.js-plotly-plot');
-  return gd && gd.layout && gd.layout.xaxis && gd.layout.xaxis.range ? String(gd.layout.xaxis.range[0]) : null; }"""
+# charts drawn: a Plotly div holds several .main-svg layers, so count the divs that have one
+CHART_COUNT = "[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.querySelector('.main-svg')).length"
+CHART_COUNT_JS = f"() => {CHART_COUNT}"
+# every chart's x range, as one string: a range change has redrawn the page when any time chart's axis moved (the
+# first chart of a page may be a bar that has no time axis)
+RANGES_JS = """() => JSON.stringify([...document.querySelectorAll('.js-plotly-plot')].map(
+  gd => gd.layout && gd.layout.xaxis && gd.layout.xaxis.range ? gd.layout.xaxis.range[0] : null))"""
 
 
 def free_port() -> int:
@@ -147,7 +151,7 @@ dashboard: {{embedded_collector: false}}
 
 def wait_charts(page: Page, started: float, expected: int | None = None) -> tuple[float, float, int]:
     """(seconds to the first drawn chart, to the last one, how many) — the last = no new chart for SETTLE_MS."""
-    page.wait_for_function(f"{CHART_COUNT_JS}() > 0", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => {CHART_COUNT} > 0", timeout=TIMEOUT_MS)
     first = time.perf_counter() - started
     count = page.evaluate(CHART_COUNT_JS)
     last = time.perf_counter() - started
@@ -188,24 +192,25 @@ def navigate(browser: Browser, from_url: str, link_text: str) -> float:
         # the old page's charts are replaced: wait for the new title, then for a chart under it
         page.wait_for_function(f"() => {{ const h = document.querySelector('h1'); return h && h.innerText !== "
                                f"{title!r}; }}", timeout=TIMEOUT_MS)
-        page.wait_for_function(f"{CHART_COUNT_JS}() > 0", timeout=TIMEOUT_MS)
+        page.wait_for_function(f"() => {CHART_COUNT} > 0", timeout=TIMEOUT_MS)
         return time.perf_counter() - started
     finally:
         context.close()
 
 
 def range_change(browser: Browser, url: str, choice: str) -> float:
-    """Open `url`, pick `choice` in the Time range box: seconds until the first chart's x axis has moved."""
+    """Open `url`, pick `choice` in the Time range box: seconds until a chart's x axis has moved (the first
+    redrawn chart)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
         page.goto(url)
         wait_charts(page, time.perf_counter())
-        before = page.evaluate(FIRST_RANGE_JS)
+        before = page.evaluate(RANGES_JS)
         page.get_by_role("combobox", name="Time range").click(timeout=TIMEOUT_MS)
         started = time.perf_counter()
         page.get_by_role("option", name=choice, exact=True).click(timeout=TIMEOUT_MS)
-        page.wait_for_function(f"() => ({FIRST_RANGE_JS})() !== {before!r}", timeout=TIMEOUT_MS)
+        page.wait_for_function(f"() => ({RANGES_JS})() !== {before!r}", timeout=TIMEOUT_MS)
         return time.perf_counter() - started
     finally:
         context.close()
@@ -236,7 +241,7 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 cold_open(browser, app_url)  # the first request of each server compiles/caches things once
-                cold_open(browser, floor_url + "/a?n=8")
+                cold_open(browser, floor_url + "/?n=8")
                 print(f"\n{'page':<14} {'charts':>6} {'cold→first':>11} {'cold→all':>9} {'all−first':>10} "
                       f"{'nav→first':>10} {'range→redraw':>13}   (median of {args.runs}, seconds)")
                 for name in pages:
@@ -249,13 +254,13 @@ def main() -> None:
                     other = f"{app_url}/instances" if name == "overview" else f"{app_url}/"
                     nav = median(args.runs, lambda other=other, link=link: navigate(browser, other, link))
                     moved = median(args.runs, lambda url=url: range_change(browser, url, "6 h"))
-                    floor_opens = [cold_open(browser, f"{floor_url}/a?n={charts}", charts) for _ in range(args.runs)]
+                    floor_opens = [cold_open(browser, f"{floor_url}/?n={charts}", charts) for _ in range(args.runs)]
                     floor_first = statistics.median(o[0] for o in floor_opens)
                     floor_last = statistics.median(o[1] for o in floor_opens)
-                    floor_nav = median(args.runs, lambda charts=charts: navigate(browser, f"{floor_url}/a?n={charts}",
+                    floor_nav = median(args.runs, lambda charts=charts: navigate(browser, f"{floor_url}/?n={charts}",
                                                                                  "Floor B"))
                     floor_moved = median(args.runs, lambda charts=charts: range_change(
-                        browser, f"{floor_url}/a?n={charts}", "6 h"))
+                        browser, f"{floor_url}/?n={charts}", "6 h"))
                     print(f"{name:<14} {charts:>6} {first:>11.2f} {last:>9.2f} {last - first:>10.2f} {nav:>10.2f} "
                           f"{moved:>13.2f}")
                     print(f"{'  floor':<14} {charts:>6} {floor_first:>11.2f} {floor_last:>9.2f} "
