@@ -131,3 +131,47 @@ def test_readiness_run_draws_no_empty_throughput_chart(open_page, tmp_path: Path
     assert "not a throughput timeline" in " ".join(c.value for c in app.caption)
     past = app.dataframe[-1].value
     assert past.iloc[0]["run"] == "readiness-20250101-000000-abcdef"
+
+
+def test_load_run_shows_endpoint_and_failure_tables_and_csv(open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A finished load test reads like Locust's: per endpoint, failures with an example, stats CSV, and the live
+    charts on a time axis in seconds with a smoothed line."""
+    app = open_page("scaling_tests")
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    recorder = testruns.Recorder(store, "load-20250101-000000-abcdef", "load", {"path": "/work/echo"}, "alice")
+    for tick in range(10):
+        recorder.point({"elapsed_s": 0.5 * (tick + 1), "rps": 200.0 + (40 if tick % 2 else -40), "p95_ms": 12.0,
+                        "errors": tick, "requests": 100 * (tick + 1)})
+    result = {"url": "http://127.0.0.1:8080/work/echo?ms=2", "method": "GET", "requests": 1000, "errors": 7,
+              "rps": 200.0, "latency_ms": {"p50": 4.0, "p95": 12.0, "p99": 20.0, "max": 31.0},
+              "status_counts": {"200": 993, "503": 5}, "errors_by_kind": {"http_5xx": 5, "timeout": 2},
+              "last_error": "timeout after 3s (127.0.0.1:8080)", "cancelled": 0}
+    recorder.finish("done", result=result, passed=False, progress=1.0, message="done: not passed")
+    store.close()
+    app.run()
+    assert not app.exception, app.exception
+    endpoints = next(d.value for d in app.dataframe if "endpoint" in d.value.columns)
+    row = endpoints.iloc[0]
+    assert (row["method"], row["endpoint"], row["requests"], row["failures"]) == ("GET", "/work/echo?ms=2", 1000, 7)
+    assert (row["median_ms"], row["p95_ms"], row["p99_ms"], row["max_ms"]) == (4.0, 12.0, 20.0, 31.0)
+    failures = next(d.value for d in app.dataframe if "outcome" in d.value.columns)
+    assert list(failures["outcome"]) == ["HTTP 503", "timeout"]
+    assert "timeout after 3s" in failures.iloc[1]["example"]
+    assert any(b.label == "Stats (CSV)" for b in app.get("download_button"))
+    import base64
+
+    import numpy as np
+
+    def values(array: object) -> list[float]:
+        """Plotly 7 sends numeric arrays as {"dtype", "bdata"} (base64 of the raw buffer)."""
+        if isinstance(array, dict):
+            return list(np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]))
+        return list(array)  # type: ignore[call-overload]
+
+    charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    throughput = next(c for c in charts if c["layout"]["title"]["text"] == "Throughput")
+    assert throughput["layout"]["xaxis"]["title"]["text"] == "seconds"
+    smooth = next(t for t in throughput["data"] if t.get("showlegend") is not False)
+    assert values(smooth["x"]) == [0.5 * (tick + 1) for tick in range(10)]
+    steady = values(smooth["y"])[4:]
+    assert max(steady) - min(steady) < 40  # the ±40 req/s zigzag (80 peak to peak) is smoothed

@@ -209,21 +209,24 @@ def pdf_bytes(html_text: str, timeout_s: float = 60.0) -> bytes:
 
 
 def run_timeline_figures(doc: dict[str, Any]) -> tuple[go.Figure, go.Figure]:
-    """Throughput and p95 over a test run's timeline (scaling runs: one colour per replica count)."""
-    timeline = doc.get("timeline") or []
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for point in timeline:
-        key = f"{point['replicas']} replica(s)" if point.get("replicas") is not None else "load"
-        groups.setdefault(key, []).append(point)
+    """Throughput and p95 over a test run's timeline on a time axis (seconds since the start, every kind): the raw
+    0.5 s points faint, a rolling mean over 2.5 s on top; scaling runs get one colour per replica count."""
+    from actions.proving.load_tables import timeline_frame
+
+    frame = timeline_frame(doc)
     throughput, latency = go.Figure(), go.Figure()
-    for name, points in groups.items():
-        xs = list(range(len(points))) if len(groups) > 1 else [p["elapsed_s"] for p in points]
-        throughput.add_trace(go.Scatter(x=xs, y=[p["rps"] for p in points], mode="lines", name=name))
-        latency.add_trace(go.Scatter(x=xs, y=[p["p95_ms"] for p in points], mode="lines", name=name))
-    x_title = "seconds" if len(groups) <= 1 else "progress tick (0.5 s)"
-    throughput.update_layout(title="Throughput", height=280, yaxis_title="req/s", xaxis_title=x_title,
+    if not frame.empty:
+        keys = frame["replicas"].map(lambda r: "load" if r is None or r != r else f"{int(r)} replica(s)")
+        for name in dict.fromkeys(keys):
+            part = frame[keys == name]
+            for figure, raw, smooth in ((throughput, "rps", "rps_smooth"), (latency, "p95_ms", "p95_smooth")):
+                figure.add_trace(go.Scatter(x=part["seconds"], y=part[raw], mode="lines", name=f"{name} (0.5 s)",
+                                            line={"width": 1}, opacity=0.35, showlegend=False))
+                figure.add_trace(go.Scatter(x=part["seconds"], y=part[smooth], mode="lines", name=name,
+                                            line={"width": 2.5}))
+    throughput.update_layout(title="Throughput", height=280, yaxis_title="req/s", xaxis_title="seconds",
                              margin={"t": 40, "b": 30})
-    latency.update_layout(title="p95 latency", height=280, yaxis_title="ms", xaxis_title=x_title,
+    latency.update_layout(title="p95 latency", height=280, yaxis_title="ms", xaxis_title="seconds",
                           margin={"t": 40, "b": 30})
     return throughput, latency
 

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from actions.auth import allowed
-from actions.proving import report, testruns
+from actions.proving import load_tables, report, testruns
 from dashboard import auth_gate, ui
 
 config = ui.fleet_config()
@@ -92,6 +92,8 @@ def live_panel() -> None:
     if instances is not None:
         st.plotly_chart(instances, key="fd_live_inst")
     result = doc.get("result") or {}
+    if doc["kind"] == "load" and result.get("requests") is not None:
+        load_result_tables(doc)
     if doc["kind"] == "scaling" and result.get("steps"):
         st.plotly_chart(report.scaling_figure(result), key="fd_live_usl")
         frame = pd.DataFrame(result["steps"])[["replicas", "throughput", "p95_ms", "efficiency", "generator_cpu",
@@ -101,6 +103,28 @@ def live_panel() -> None:
                    f" — {result.get('restore_detail')}")
     if doc.get("error"):
         st.error(doc["error"])
+
+
+def load_result_tables(doc: dict) -> None:
+    """Locust's view of a finished load test: per endpoint, the failures, and the stats CSV."""
+    endpoints = load_tables.endpoint_table(doc)
+    st.markdown("**Per endpoint**")
+    st.dataframe(endpoints, hide_index=True, key="fd_load_endpoints", column_config={
+        "failure_pct": st.column_config.NumberColumn("failures %", format="%.2f"),
+        "rps": st.column_config.NumberColumn("req/s", format="%.1f"),
+        "median_ms": st.column_config.NumberColumn("median ms", format="%.1f"),
+        "p95_ms": st.column_config.NumberColumn("p95 ms", format="%.1f"),
+        "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.1f"),
+        "max_ms": st.column_config.NumberColumn("max ms", format="%.1f"),
+    })
+    failures = load_tables.failures_table(doc)
+    st.markdown("**Failures**")
+    if failures.empty:
+        st.caption("No failed request.")
+    else:
+        st.dataframe(failures, hide_index=True, key="fd_load_failures")
+    st.download_button("Stats (CSV)", load_tables.stats_csv(doc), f"{doc['run_id']}-stats.csv", "text/csv",
+                       icon=":material/download:", key="fd_load_csv")
 
 
 live_panel()
