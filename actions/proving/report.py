@@ -1,7 +1,9 @@
-"""Scorecard exports: a self-contained HTML report (Plotly inlined, no CDN) and a PDF printed by headless Chromium.
+"""Scorecard exports: a self-contained HTML report and a PDF printed by headless Chromium.
 
-The HTML must open on an air-gapped laptop years later, so plotly.js is embedded once (≈4.8 MB) and every figure
-refers to it; no external URL is loaded. The PDF is that same HTML printed by Chromium, so both always agree.
+The HTML must open on an air-gapped laptop years later: its charts are static inline SVG (svg_charts.py, a few KB;
+embedding plotly.js made every report 4.8 MB and printed Plotly's toolbar over the chart titles), no script, no
+external URL. The PDF is that same HTML printed by Chromium with every evidence block expanded. Status marks are
+text badges, never emoji (a server without an emoji font prints empty boxes).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
+from actions.proving import svg_charts
 from actions.proving.scorecard import LEVELS, RunSummary, Scorecard
 from core.store import Fact
 
@@ -96,17 +98,60 @@ def scaling_figure(run: dict[str, Any]) -> go.Figure:
     return figure
 
 
+# ------------------------------------------------------------------------------------------- static report charts
+
+
+def points_svg(card: Scorecard) -> str:
+    earned = [sum(r.earned for r in card.results if r.rule.level == lv) for lv in LEVELS]
+    possible = [sum(r.rule.points for r in card.results if r.rule.level == lv) for lv in LEVELS]
+    ticks = list(enumerate(LEVELS))
+    series = [svg_charts.Series("possible", [(i, v) for i, v in enumerate(possible)], "bar", "#d0d7de")]
+    series += [svg_charts.Series("", [(i, v)], "bar", LEVEL_COLOURS[lv], bar_width=0.45)
+               for i, (lv, v) in enumerate(zip(LEVELS, earned, strict=True))]
+    series.append(svg_charts.Series("earned", [], "bar", "#8a8f98"))
+    return svg_charts.chart("Points per level", series, x_range=(-0.6, len(LEVELS) - 0.4),
+                            x_ticks=[(float(i), lv) for i, lv in ticks], y_title="points")
+
+
+def trend_svg(runs: Sequence[RunSummary]) -> str:
+    labels = run_labels(runs)
+    series = [svg_charts.Series("score", [(float(i), r.percent) for i, r in enumerate(runs)], "lines+markers",
+                                labels=[r.level or "—" for r in runs])]
+    return svg_charts.chart("Score over past runs", series, x_range=(-0.5, max(len(runs) - 0.5, 0.5)),
+                            x_ticks=[(float(i), label) for i, label in enumerate(labels)], y_title="% of points",
+                            y_max=100.0, x_title="run")
+
+
+def scaling_svg(run: dict[str, Any]) -> str:
+    steps = run.get("steps", [])
+    ns = [float(s["replicas"]) for s in steps]
+    series = [svg_charts.Series("E(n)", [(n, s.get("efficiency")) for n, s in zip(ns, steps, strict=True)], "bar",
+                                "#0969da", right_axis=True, opacity=0.3, bar_width=0.5)]
+    series.append(svg_charts.Series("measured X(n)", [(n, s["throughput"]) for n, s in zip(ns, steps, strict=True)],
+                                    "lines+markers", "#cf222e",
+                                    hollow_markers=[not s.get("in_fit") for s in steps]))
+    base = next((s["throughput"] for s in steps if s["replicas"] == 1), None)
+    if base:
+        series.append(svg_charts.Series("linear n·X(1)", [(n, n * base) for n in ns], "line", "#57606a", dash="4 3"))
+    fit = run.get("fit")
+    if fit and ns and max(ns) > 1:
+        lam, sigma, kappa = fit["lam"], fit["sigma"], fit["kappa"]
+        grid = [1 + i * (max(ns) - 1) / 40 for i in range(41)]
+        series.append(svg_charts.Series(f"USL σ={sigma:.3f} κ={kappa:.4f}",
+                                        [(n, lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))) for n in grid],
+                                        "line", "#1a7f37"))
+    low, high = (min(ns), max(ns)) if ns else (1.0, 2.0)
+    return svg_charts.chart("Scaling efficiency", series, x_range=(low - 0.5, high + 0.5),
+                            x_ticks=[(n, f"{n:g}") for n in ns], y_title="req/s", x_title="replicas",
+                            y2_max=1.2, y2_title="E(n)")
+
+
 # ------------------------------------------------------------------------------------------------------ HTML
 
 
 def _status_badge(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "#6e7781")
     return f'<span class="badge status-{html.escape(status)}" style="background:{colour}">{html.escape(status)}</span>'
-
-
-def _figure_div(figure: go.Figure, div_id: str) -> str:
-    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                          config={"displaylogo": False, "responsive": True})
 
 
 def render_html(card: Scorecard, facts: Sequence[Fact], runs: Sequence[RunSummary] = (),
@@ -118,17 +163,17 @@ def render_html(card: Scorecard, facts: Sequence[Fact], runs: Sequence[RunSummar
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.ts)) if result.ts else "—"
         evidence = html.escape(json.dumps(result.evidence, indent=2, sort_keys=True, default=str))
         rows.append(
-            f"<tr><td>{html.escape(result.rule.level)}</td><td><b>{html.escape(result.rule.title)}</b>"
+            f"<tr><td>{html.escape(result.rule.level)}</td><td class='rule'><b>{html.escape(result.rule.title)}</b>"
             f"<div class='muted'>{html.escape(result.rule.measured_by)}</div></td>"
             f"<td>{_status_badge(result.status)}</td><td>{html.escape(result.observed)}</td>"
             f"<td>{result.earned:g}/{result.rule.points}</td><td>{when}</td>"
-            f"<td><details><summary>evidence</summary><pre>{evidence}</pre></details></td></tr>")
+            f"<td class='evidence'><details><summary>evidence</summary><pre>{evidence}</pre></details></td></tr>")
     levels = " ".join(f"{html.escape(lv)} {_status_badge(card.level_status(lv))}" for lv in LEVELS)
-    figures = [_figure_div(points_figure(card), "fig-points")]
+    figures = [f'<div class="chart" id="fig-points">{points_svg(card)}</div>']
     if len(runs) > 0:
-        figures.append(_figure_div(trend_figure(runs), "fig-trend"))
+        figures.append(f'<div class="chart" id="fig-trend">{trend_svg(runs)}</div>')
     if scaling_run and scaling_run.get("steps"):
-        figures.append(_figure_div(scaling_figure(scaling_run), "fig-scaling"))
+        figures.append(f'<div class="chart" id="fig-scaling">{scaling_svg(scaling_run)}</div>')
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     fact_rows = "".join(
         f"<tr><td>{html.escape(f.rule)}</td><td>{html.escape(f.target)}</td><td>{_status_badge(f.status)}</td>"
@@ -143,12 +188,14 @@ h1 {{ margin-bottom: 4px; }} .muted {{ color: #57606a; font-size: 12px; }}
           background: {LEVEL_COLOURS.get(card.level, "#6e7781")}; }}
 .badge {{ display: inline-block; padding: 1px 8px; border-radius: 10px; color: white; font-size: 12px; }}
 table {{ border-collapse: collapse; width: 100%; margin: 12px 0; font-size: 13px; }}
-th, td {{ border-bottom: 1px solid #d0d7de; padding: 6px; text-align: left; vertical-align: top; }}
-pre {{ white-space: pre-wrap; font-size: 11px; max-width: 520px; }}
+th, td {{ border-bottom: 1px solid #d0d7de; padding: 6px; text-align: left; vertical-align: top;
+          overflow-wrap: break-word; }}
+td.evidence {{ width: 34%; }} td.rule {{ min-width: 150px; }}
+pre {{ white-space: pre-wrap; overflow-wrap: anywhere; font-size: 11px; margin: 4px 0; }}
 .charts > div {{ margin-bottom: 12px; }}
-@media print {{ details > pre {{ display: none; }} .charts > div {{ break-inside: avoid; }} }}
+@page {{ size: A4 landscape; margin: 12mm; }}
+@media print {{ body {{ margin: 0; }} .charts > div, tr {{ break-inside: avoid; }} summary {{ display: none; }} }}
 </style>
-<script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <h1>{html.escape(title)}</h1>
 <div class="muted">run {html.escape(card.run_id)} · generated {html.escape(generated)}</div>
@@ -182,7 +229,7 @@ def print_pdf(html_text: str, pdf_path: str | os.PathLike[str], timeout_s: float
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fleetdeck-pdf-") as workdir:
         source = Path(workdir) / "report.html"
-        source.write_text(html_text, encoding="utf-8")
+        source.write_text(printable(html_text), encoding="utf-8")
         command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={workdir}/profile", "--no-pdf-header-footer",
                    # lets Plotly draw before printing: virtual time runs the page's timers without real waiting
                    "--virtual-time-budget=10000", f"--print-to-pdf={target}", source.as_uri()]
@@ -198,6 +245,11 @@ def print_pdf(html_text: str, pdf_path: str | os.PathLike[str], timeout_s: float
             tail = stderr.decode(errors="replace")[-800:]
             raise PdfError(f"chromium exited {process.returncode} without a PDF: {tail}")
     return target
+
+
+def printable(html_text: str) -> str:
+    """The report as printed: every evidence block open (a closed <details> prints as a bare "evidence")."""
+    return html_text.replace("<details>", "<details open>")
 
 
 def pdf_bytes(html_text: str, timeout_s: float = 60.0) -> bytes:

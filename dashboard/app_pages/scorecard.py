@@ -17,8 +17,9 @@ from actions.proving.readiness import RUN_PREFIX
 from actions.proving.scaling import latest_scaling_run
 from dashboard import auth_gate, readiness_preview, ui
 
-# Plain symbols, not ":material/...:" shortcodes: those render only in markdown, and st.dataframe cells are text.
-STATUS_LABELS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "unknown": "❔ unknown"}
+# Words in a coloured cell, not emoji: a machine without an emoji font shows those as empty boxes.
+STATUS_LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "unknown": "UNKNOWN"}
+STATUS_CELL = {"PASS": "#1a7f37", "WARN": "#b7791f", "FAIL": "#cf222e", "UNKNOWN": "#6e7781"}
 
 
 config = ui.fleet_config()
@@ -63,7 +64,8 @@ table = pd.DataFrame([{
     "points": f"{r.earned:g}/{r.rule.points}",
     "time": pd.to_datetime(r.ts, unit="s") if r.ts else None, "measured by": r.rule.measured_by,
 } for r in card.results])
-st.dataframe(table, hide_index=True)
+st.dataframe(table.style.map(lambda v: f"color: {STATUS_CELL.get(str(v), 'inherit')}; font-weight: 600",
+                             subset=["status"]), hide_index=True)
 
 with st.expander("Evidence", icon=":material/search:"):
     for result in card.results:
