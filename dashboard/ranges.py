@@ -104,3 +104,35 @@ def freshness(latest_ts: float | None, now: float | None = None) -> str:
     # the wall-clock times stay true when auto-refresh is off and the page sits still; the age alone would not
     age = format_age(current - latest_ts)
     return f"Data as of {format_clock(latest_ts)} ({age} when drawn at {format_clock(current)})"
+
+
+def axis_to_unix(value: object) -> float | None:
+    """A date-axis value Plotly reports back (a "2026-11-30 10:05:12.345" string of the shifted local clock, or
+    epoch ms of it, see figures.to_axis_ms) → unix seconds; None when it is neither."""
+    import datetime as _dt
+
+    offset = time.localtime().tm_gmtoff
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value) / 1000.0 - offset
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            moment = _dt.datetime.fromisoformat(value.strip().replace(" ", "T"))
+        except ValueError:
+            return None
+        return moment.replace(tzinfo=_dt.UTC).timestamp() - offset
+    return None
+
+
+def zoom_window(start: object, end: object, now: float | None = None) -> Window | None:
+    """A dragged (or linked `?from=…&to=…`) range, validated: ordered, at least 10 s, not in the future, at most
+    the longest range back."""
+    try:
+        low, high = sorted((float(start), float(end)))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    if not (math.isfinite(low) and math.isfinite(high)) or high - low < 10:
+        return None
+    high = min(high, current + WINDOW_GRID_S)
+    low = max(low, current - max(TIME_RANGES.values()))
+    return Window(low, high) if high - low >= 10 else None

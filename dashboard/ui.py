@@ -107,6 +107,8 @@ def start_embedded_collectors() -> None:
 
 RANGE_PARAM = "range"
 REFRESH_PARAM = "refresh"
+# a range dragged on a chart (Grafana's drag-to-zoom), kept in the URL as unix seconds: ?from=…&to=…
+ZOOM_FROM, ZOOM_TO = "from", "to"
 
 
 def query_picker(label: str, options: Sequence[str], key: str, param: str, default: str | None = None,
@@ -136,9 +138,38 @@ def query_picker(label: str, options: Sequence[str], key: str, param: str, defau
 def sidebar_controls() -> None:
     """Time range and auto-refresh pickers; rendered by app.py on every page, read through session state and
     kept in the URL (`?range=1 h&refresh=10 s`)."""
-    query_picker("Time range", list(ranges.TIME_RANGES), RANGE_KEY, RANGE_PARAM, ranges.DEFAULT_RANGE, st.sidebar)
+    before = st.session_state.get(RANGE_KEY)
+    chosen = query_picker("Time range", list(ranges.TIME_RANGES), RANGE_KEY, RANGE_PARAM, ranges.DEFAULT_RANGE,
+                          st.sidebar)
+    if before is not None and chosen != before:
+        clear_zoom()  # picking a range leaves a dragged one
+    zoomed = zoom()
+    if zoomed is not None:
+        st.sidebar.caption(f"Zoomed: {ranges.format_clock(zoomed.start)} – {ranges.format_clock(zoomed.end)}")
+        st.sidebar.button("Back to the live range", on_click=clear_zoom, icon=":material/zoom_out:",
+                          key="fd_zoom_reset")
     query_picker("Auto-refresh", list(ranges.REFRESH_INTERVALS), REFRESH_KEY, REFRESH_PARAM, ranges.DEFAULT_REFRESH,
                  st.sidebar, help="How often the live panels redraw (only the panels, not the whole page).")
+
+
+def zoom() -> ranges.Window | None:
+    """The dragged range from the URL, if any (validated: it is untrusted text)."""
+    return ranges.zoom_window(st.query_params.get(ZOOM_FROM), st.query_params.get(ZOOM_TO))
+
+
+ZOOM_GENERATION_KEY = "fd_zoom_generation"
+
+
+def clear_zoom() -> None:
+    for param in (ZOOM_FROM, ZOOM_TO):
+        if param in st.query_params:
+            del st.query_params[param]
+    _next_zoom_generation()
+
+
+def _next_zoom_generation() -> None:
+    """Charts get fresh keys, so the box a chart still holds from the last drag cannot zoom again."""
+    st.session_state[ZOOM_GENERATION_KEY] = int(st.session_state.get(ZOOM_GENERATION_KEY, 0)) + 1
 
 
 def range_label() -> str:
@@ -175,7 +206,7 @@ class PanelData:
 def panel_data(store_: StoreView) -> PanelData:
     """Computed at the start of every (fragment) run, so the window moves with the refresh."""
     now = time.time()
-    window = ranges.window(range_label(), now)
+    window = zoom() or ranges.window(range_label(), now)
     try:
         events = queries.events_in(store_, window)
     except Exception:  # annotations are a nicety; a failing events query must not blank the charts
@@ -245,7 +276,21 @@ def chart(spec: Chart, data: PanelData, key: str | None = None, height: int = 26
         spec.traces, spec.title, spec.unit, events=data.events, x_range=(data.window.start, data.window.end),
         stacked=spec.stacked, reference_lines=spec.reference_lines, height=height,
     )
-    st.plotly_chart(figure, theme="streamlit", key=key, config={"displaylogo": False})
+    # drag on a chart to zoom every chart of the dashboard to that span (Grafana's gesture): the box selection
+    # comes back to the script, which puts it in the URL; "Back to the live range" in the sidebar undoes it
+    figure.update_layout(dragmode="select", selectdirection="h")
+    generation = int(st.session_state.get(ZOOM_GENERATION_KEY, 0))
+    event = st.plotly_chart(figure, theme="streamlit", key=f"{key}-z{generation}" if key else None,
+                            config={"displaylogo": False}, on_select="rerun", selection_mode="box")
+    boxes = (event or {}).get("selection", {}).get("box") or [] if isinstance(event, dict) else []
+    if boxes:
+        xs = boxes[0].get("x") or []
+        picked = ranges.zoom_window(*(ranges.axis_to_unix(x) for x in xs[:2])) if len(xs) >= 2 else None
+        if picked is not None:
+            st.query_params[ZOOM_FROM] = f"{picked.start:.0f}"
+            st.query_params[ZOOM_TO] = f"{picked.end:.0f}"
+            _next_zoom_generation()
+            st.rerun()
 
 
 def charts_grid(specs: Sequence[Chart], data: PanelData, key_prefix: str, per_row: int = 2) -> None:

@@ -234,3 +234,34 @@ def test_instance_detail_tails_and_searches_the_replica_log(open_page: Callable[
     app.text_input(key="fd_log_search").set_value("error").run()
     assert app.code[-1].value == "ERROR pool exhausted <script>alert(1)</script>"  # shown as text, not HTML
     assert "1 line(s) containing “error” of the last 502" in texts(app.caption)
+
+
+def test_a_zoomed_range_in_the_url_sets_every_chart_and_can_be_left(monkeypatch: pytest.MonkeyPatch,
+                                                                     states_config: Path) -> None:
+    """Drag-to-zoom writes ?from=…&to=… (unix seconds); a link with them reproduces the zoomed view."""
+    from dashboard import figures
+
+    now = time.time()
+    start, end = now - 1800, now - 600
+    # what the browser sends back for a dragged box on a date axis: the shifted local clock, as text or ms
+    shifted_ms = float(figures.to_axis_ms([start])[0])
+    assert abs(ranges.axis_to_unix(shifted_ms) - start) < 1e-3
+    as_text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(shifted_ms / 1000))
+    assert abs(ranges.axis_to_unix(as_text) - int(start)) < 1.0
+    assert ranges.zoom_window("x", "y") is None and ranges.zoom_window(now, now + 5) is None
+
+    monkeypatch.setenv("FLEETDECK_CONFIG", str(states_config))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.query_params["from"] = f"{start:.0f}"
+    app.query_params["to"] = f"{end:.0f}"
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    expected = [float(v) for v in figures.to_axis_ms([float(f"{start:.0f}"), float(f"{end:.0f}")])]
+    assert specs and all(s["layout"]["xaxis"]["range"] == expected for s in specs), specs[0]["layout"]["xaxis"]
+    assert all(s["layout"]["dragmode"] == "select" for s in specs)
+    assert any(c.value.startswith("Zoomed: ") for c in app.sidebar.caption)
+    app.button(key="fd_zoom_reset").click().run()
+    assert "from" not in app.query_params
+    live = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["range"]
+    assert abs((live[1] - live[0]) / 1000 - 3600) < 10  # back to the 1 h range
