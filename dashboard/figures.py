@@ -119,7 +119,8 @@ def time_chart(
     span = (x_range[1] - x_range[0]) if x_range is not None else max(
         (float(t.ts[-1] - t.ts[0]) for t in drawn), default=0.0)
     # one-line tick labels: plotly's default adds a date line under the first tick, which the legend then hits
-    layout["xaxis"]["tickformat"] = "%H:%M" if span <= 86400 else "%b %d"
+    # seconds on a zoomed span of minutes, where "%H:%M" would repeat the same label
+    layout["xaxis"]["tickformat"] = "%H:%M:%S" if span <= 900 else "%H:%M" if span <= 86400 else "%b %d"
     shapes, annotations = event_markers(events)
     for label, level in (reference_lines or {}).items():
         shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": level, "y1": level,
