@@ -50,6 +50,7 @@ STARTED_KEY = "fd_started_action"  # service → {"op_id", "action", "target", "
 # how long the "starting…" line replaces the previous result before the started op shows up in the store
 STARTED_GRACE_S = 60.0
 LIVE_REFRESH_S = 1.0
+IDLE_REFRESH_S = 10.0  # no operation running: another session's new action shows within this
 # Threads running actions in this process, by op id: kept so they are not garbage collected and so tests can join.
 RUNNING: dict[str, threading.Thread] = {}
 
@@ -108,9 +109,15 @@ def describe_lock(store: Store, service: str) -> str | None:
 
 
 def _live_status(store: Store, service: str, key: str) -> None:
-    """The latest operation on `service` and its progress, redrawn every second from the store."""
+    """The latest operation on `service` and its progress, redrawn from the store: every second while one runs
+    (or this session just started one), every IDLE_REFRESH_S otherwise — an idle page was rerunning this panel
+    every second per service and per instance, which costs every open browser a request a second."""
+    last = audit.last_operation(store, service) or {}
+    started = (st.session_state.get(STARTED_KEY) or {}).get(service)
+    active = (last.get("state") == "running" or describe_lock(store, service) is not None
+              or (started is not None and time.time() - float(started["ts"]) < STARTED_GRACE_S))
 
-    @st.fragment(run_every=LIVE_REFRESH_S)
+    @st.fragment(run_every=LIVE_REFRESH_S if active else IDLE_REFRESH_S)
     def panel() -> None:
         busy = describe_lock(store, service)
         status = audit.last_operation(store, service)
