@@ -22,6 +22,7 @@ from core.config_alerts import AlertRules
 from core.samples import Sample
 
 SOURCE = "alert"
+PENDING_PREFIX = "pending since "  # text of a `firing` 0 sample whose condition holds but not yet for `for:`
 REGISTRY = MetricRegistry(
     SOURCE, [MetricSpec("firing", "bool", "1 while the rule fires for the subject; text = message")]
 )
@@ -66,13 +67,17 @@ class AlertEvaluator:
         if not config.enabled:
             self._true_since.pop(key, None)
             return None
+        text = ""
         if condition:
             since = self._true_since.setdefault(key, ts)
             firing = ts - since >= config.for_s
+            # pending (condition true, `for:` not yet reached): firing stays 0, the text says so and since when,
+            # so the Alerts page can list it (PENDING_PREFIX, dashboard/alerts_view.py)
+            text = message if firing else f"{PENDING_PREFIX}{since:.0f}: {message}"
         else:
             self._true_since.pop(key, None)
             firing = False
-        return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=message if firing else "")
+        return REGISTRY.sample(f"{rule}/{subject}", "firing", 1 if firing else 0, ts, text=text)
 
     def _fault_rules(self, source: str, target: str, ts: float) -> list[Sample | None]:
         """Faults told apart (docs/operations.md): a dependency check failing on an instance that answers, and

@@ -2,8 +2,8 @@
 and the alerts that fired and resolved within the range. No Streamlit here.
 
 Alert samples are written by collectors/alerts.py: target `<rule>/<subject>`, metric `firing` (1/0), text = the
-message while firing. The rules fire on the first evaluation that sees the condition, so there is no pending
-phase to show (docs/architecture.md, "Alerts").
+message while firing. A rule with `for:` (docs/alerts.md) is pending first: `firing` 0 with the text
+"pending since <unix s>: <message>" (collectors/alerts.py), listed here as pending with that since.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ RULE_PAGES: dict[str, tuple[str, str | None]] = {
 }
 TARGET_PAGES = {"nginx": "load_balancer", "redis": "redis", "postgres": "database", "bullmq": "queues"}
 ACTIVE_COLUMNS = ["rule", "subject", "state", "since", "for_s", "message", "chart"]
+PENDING_PREFIX = "pending since "  # as written by collectors/alerts.py
 RESOLVED_COLUMNS = ["rule", "subject", "fired", "resolved", "lasted_s", "chart"]
 
 
@@ -96,7 +97,7 @@ def firing_since(store: Store, series_id: int, now: float) -> float | None:
 
 def active_alerts(store: Store, now: float, state: FleetState | None = None,
                   stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pd.DataFrame:
-    """Alerts firing now (evaluated recently, subject not removed by an action), oldest first."""
+    """Alerts firing now, then pending ones (evaluated recently, subject not removed by an action), oldest first."""
     latest = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
     firing = {t: m["firing"] for t, m in latest.items()
               if "firing" in m and m["firing"].value >= 1
@@ -111,8 +112,24 @@ def active_alerts(store: Store, now: float, state: FleetState | None = None,
             rows.append({"rule": key.rule, "subject": key.subject, "state": "firing", "since": since,
                          "for_s": max(0.0, now - since), "message": (row.text or "")[:500],
                          "chart": chart_link(key.rule, key.subject)})
+    for target, metrics in latest.items():
+        row = metrics.get("firing")
+        key = split_target(target)
+        if row is None or row.value >= 1 or not (row.text or "").startswith(PENDING_PREFIX):
+            continue
+        if state is not None and not state.live(key.subject):
+            continue
+        stamp, _, message = row.text[len(PENDING_PREFIX):].partition(": ")
+        try:
+            since = float(stamp)
+        except ValueError:
+            since = row.ts
+        rows.append({"rule": key.rule, "subject": key.subject, "state": "pending", "since": since,
+                     "for_s": max(0.0, now - since), "message": message[:500],
+                     "chart": chart_link(key.rule, key.subject)})
     frame = pd.DataFrame(rows, columns=ACTIVE_COLUMNS)
-    return frame.sort_values(["since", "rule", "subject"]).reset_index(drop=True) if not frame.empty else frame
+    return (frame.sort_values(["state", "since", "rule", "subject"]).reset_index(drop=True)
+            if not frame.empty else frame)
 
 
 def resolved_alerts(store: Store, window: Window) -> pd.DataFrame:

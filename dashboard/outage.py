@@ -100,6 +100,14 @@ def classify(metrics: Mapping[str, Latest], reference_ts: float, stale_after_s: 
 def summarise(store: StoreView, now: float, stale_after_s: float,
               instance_addresses: Mapping[str, str] | None = None) -> OutageSummary:
     instances = _latest_by_target(store, "instance")
+    # a replica an action removed is gone, not an outage (dashboard/fleet_state.py)
+    from dashboard.fleet_state import fleet_state
+
+    try:
+        state = fleet_state(store, now, nginx_latest={})
+        instances = {t: m for t, m in instances.items() if state.live(t)}
+    except Exception:  # the registry/events are a refinement: without them every target counts, as before
+        pass
     if not instances:
         return OutageSummary()
     addresses = dict(instance_addresses) if instance_addresses is not None else registry_addresses(store)

@@ -111,8 +111,13 @@ def test_login_survives_reload_and_logout_invalidates_it(server: tuple[str, Path
             page.get_by_role("textbox", name="Password").fill("s3cret")
             page.get_by_role("button", name="Log in").click()
             assert signed_in(page)
-            page.wait_for_url("**/instances?**range=6*", timeout=30_000)  # back on the same view after the cookie
+            # the page then makes a trip through /__fleetdeck/session, which sets the cookie and comes back
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(c["name"] == session_cookie.COOKIE
+                                                           for c in context.cookies()):
+                page.wait_for_timeout(200)
             cookie = next(c for c in context.cookies() if c["name"] == session_cookie.COOKIE)
+            page.wait_for_url("**/instances?**range=6*", timeout=30_000)  # back on the same view
             assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["expires"] > time.time()
             page.reload()
             assert signed_in(page), "a reload logged the user out"

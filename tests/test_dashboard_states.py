@@ -265,3 +265,26 @@ def test_a_zoomed_range_in_the_url_sets_every_chart_and_can_be_left(monkeypatch:
     assert "from" not in app.query_params
     live = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["range"]
     assert abs((live[1] - live[0]) / 1000 - 3600) < 10  # back to the 1 h range
+
+
+def test_pending_alert_is_listed_with_its_since(tmp_path: Path) -> None:
+    """A rule with `for:` is pending first: the evaluator says so in the sample, the Alerts data lists it."""
+    from collectors.alerts import AlertEvaluator
+    from dashboard import alerts_view
+    from tests.test_alert_rules import config_with, pg
+
+    evaluator = AlertEvaluator(config_with({"rules": {"db_headroom": {"for": "5m"}}}).alerts.rules)
+    now = time.time()
+    store = Store(f"sqlite:///{tmp_path / 'fleetdeck.db'}")
+    try:
+        for ts in (now - 60, now - 30, now):
+            samples = pg(ts, 0.1, 2)
+            store.write_samples(samples + evaluator.evaluate(samples))
+        active = alerts_view.active_alerts(store, now).set_index("rule")
+        pending = active.loc["db_headroom"]
+        assert pending["state"] == "pending" and pending["subject"] == "postgres:main"
+        assert abs(pending["since"] - (now - 60)) <= 1 and "connections left" in pending["message"]
+        tile = next(t for t in queries.overview_tiles(store, 60) if t.label == "Active alerts")
+        assert tile.value == "1"  # lock_waiters fires at once; the pending one is not counted as firing
+    finally:
+        store.close()

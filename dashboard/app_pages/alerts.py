@@ -25,9 +25,10 @@ def alerts_panel() -> None:
     st.caption(ranges.freshness(queries.newest_of(queries.latest_by_target(store, "alert")) or None, data.now))
     state = fleet_state.fleet_state(store, data.now)
     active = alerts_view.active_alerts(store, data.now, state, ui.stale_after(config, "instance"))
-    st.subheader(f"Firing now: {len(active)}")
+    firing = int((active["state"] == "firing").sum()) if not active.empty else 0
+    st.subheader(f"Firing now: {firing}" + (f" · pending: {len(active) - firing}" if len(active) > firing else ""))
     if active.empty:
-        st.success("No alert rule fires.", icon=":material/check_circle:")
+        st.success("No alert rule fires or is pending.", icon=":material/check_circle:")
     else:
         shown = active.assign(since=_clock_column(active, "since"),
                               for_s=active["for_s"].map(ranges.format_duration))
@@ -35,7 +36,7 @@ def alerts_panel() -> None:
             "for_s": "for",
             "chart": st.column_config.LinkColumn("chart", display_text="open chart"),
         })
-    st.caption("Rules fire on the first evaluation that sees the condition (no pending phase); a replica removed "
+    st.caption("Pending: the condition holds but not yet for the rule's `for:` (docs/alerts.md). A replica removed "
                "by an action is not an outage and raises none.")
     st.subheader(f"Resolved within the last {ui.range_label()}")
     resolved = alerts_view.resolved_alerts(store, data.window)
