@@ -18,7 +18,7 @@ from dashboard.queries import DEFAULT_STALE_AFTER_S, current, latest_by_target
 from dashboard.ranges import Window
 
 if TYPE_CHECKING:
-    from core.store import Store
+    from core.store import StoreView
 
 # how far back "since" is looked for: an alert firing for longer says "before <that>"
 SINCE_LOOKBACK_S = 24 * 3600
@@ -76,7 +76,7 @@ def _runs(ts: list[float], vmax: list[float], vmin: list[float]) -> list[tuple[f
     return runs
 
 
-def _run_start(store: Store, series_id: int, start: float, end: float) -> float | None:
+def _run_start(store: StoreView, series_id: int, start: float, end: float) -> float | None:
     columns = store.query_columns([series_id], start, end, max_points=HISTORY_POINTS).get(series_id)
     if columns is None or not len(columns.ts):
         return None
@@ -84,7 +84,7 @@ def _run_start(store: Store, series_id: int, start: float, end: float) -> float 
     return runs[-1][0] if runs and runs[-1][1] is None else None
 
 
-def firing_since(store: Store, series_id: int, now: float) -> float | None:
+def firing_since(store: StoreView, series_id: int, now: float) -> float | None:
     """The start of the current firing run: a coarse pass over a day (buckets of ~1 min), then a fine pass from
     one coarse bucket before that start (buckets of a few seconds for a run of minutes)."""
     coarse = _run_start(store, series_id, now - SINCE_LOOKBACK_S, now)
@@ -95,7 +95,7 @@ def firing_since(store: Store, series_id: int, now: float) -> float | None:
     return fine if fine is not None and fine >= coarse - coarse_step else coarse
 
 
-def active_alerts(store: Store, now: float, state: FleetState | None = None,
+def active_alerts(store: StoreView, now: float, state: FleetState | None = None,
                   stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pd.DataFrame:
     """Alerts firing now, then pending ones (evaluated recently, subject not removed by an action), oldest first."""
     latest = current(latest_by_target(store, "alert", metric="firing"), stale_after_s)
@@ -113,17 +113,18 @@ def active_alerts(store: Store, now: float, state: FleetState | None = None,
                          "for_s": max(0.0, now - since), "message": (row.text or "")[:500],
                          "chart": chart_link(key.rule, key.subject)})
     for target, metrics in latest.items():
-        row = metrics.get("firing")
+        maybe = metrics.get("firing")
         key = split_target(target)
-        if row is None or row.value >= 1 or not (row.text or "").startswith(PENDING_PREFIX):
+        text = (maybe.text or "") if maybe is not None else ""
+        if maybe is None or maybe.value >= 1 or not text.startswith(PENDING_PREFIX):
             continue
         if state is not None and not state.live(key.subject):
             continue
-        stamp, _, message = row.text[len(PENDING_PREFIX):].partition(": ")
+        stamp, _, message = text[len(PENDING_PREFIX):].partition(": ")
         try:
             since = float(stamp)
         except ValueError:
-            since = row.ts
+            since = maybe.ts
         rows.append({"rule": key.rule, "subject": key.subject, "state": "pending", "since": since,
                      "for_s": max(0.0, now - since), "message": message[:500],
                      "chart": chart_link(key.rule, key.subject)})
@@ -132,7 +133,7 @@ def active_alerts(store: Store, now: float, state: FleetState | None = None,
             if not frame.empty else frame)
 
 
-def resolved_alerts(store: Store, window: Window) -> pd.DataFrame:
+def resolved_alerts(store: StoreView, window: Window) -> pd.DataFrame:
     """Every firing → resolved run within the window, newest first (the message of a resolved run is not kept:
     the store keeps the text of a series' latest sample only)."""
     infos = store.find_series(source="alert", metric="firing")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from core.config import FleetConfig
-    from core.store import Latest, Store
+    from core.store import Latest, StoreView
 
 # how far back a `replica.stop` is looked for: longer than the longest time range, so a replica removed within
 # the range never comes back into the live views
@@ -53,7 +53,7 @@ class FleetState:
         return [t for t in targets if t not in self.removed]
 
 
-def _registry(store: Store) -> tuple[dict[str, str], dict[str, str]]:
+def _registry(store: StoreView) -> tuple[dict[str, str], dict[str, str]]:
     try:
         records = store.replicas()
     except Exception:  # a store without the registry (or briefly unavailable): samples only
@@ -63,7 +63,7 @@ def _registry(store: Store) -> tuple[dict[str, str], dict[str, str]]:
     return states, addresses
 
 
-def removed_targets(store: Store, registry: dict[str, str], now: float) -> set[str]:
+def removed_targets(store: StoreView, registry: dict[str, str], now: float) -> set[str]:
     """Targets whose newest lifecycle event is a stop and that are no longer in the registry."""
     last: dict[str, tuple[float, str]] = {}
     for kind in LIFECYCLE_KINDS:
@@ -86,7 +86,7 @@ def rotation_by_target(nginx_latest: dict[str, dict[str, Latest]], addresses: di
     return {target: by_address[address] for target, address in addresses.items() if address in by_address}
 
 
-def fleet_state(store: Store, now: float, nginx_latest: dict[str, dict[str, Latest]] | None = None) -> FleetState:
+def fleet_state(store: StoreView, now: float, nginx_latest: dict[str, dict[str, Latest]] | None = None) -> FleetState:
     registry, addresses = _registry(store)
     try:
         removed = removed_targets(store, registry, now)
@@ -99,7 +99,7 @@ def fleet_state(store: Store, now: float, nginx_latest: dict[str, dict[str, Late
     return FleetState(registry, addresses, removed, rotation_by_target(nginx_latest, addresses))
 
 
-def desired_count(store: Store, config: FleetConfig, service: str) -> int:
+def desired_count(store: StoreView, config: FleetConfig, service: str) -> int:
     """The count the last scale chose (`desired:<service>`), else the config's `replicas`."""
     chosen = None
     try:
@@ -114,7 +114,7 @@ def desired_count(store: Store, config: FleetConfig, service: str) -> int:
         return 0
 
 
-def service_counts(store: Store, config: FleetConfig, state: FleetState,
+def service_counts(store: StoreView, config: FleetConfig, state: FleetState,
                    up_of: dict[str, float | None]) -> list[ServiceCount]:
     """Per configured service with registry rows: desired vs running vs dead.
 

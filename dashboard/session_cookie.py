@@ -126,7 +126,6 @@ def create_session(store: Store, principal: Principal, now: float | None = None)
 
 def lookup(config: FleetConfig, store: Store, token: str, now: float | None = None) -> Principal | None:
     """The principal of a live session, sliding its idle timeout; an expired one is deleted."""
-    from actions.auth import Principal
 
     moment = now or time.time()
     key = session_key(token)
@@ -140,8 +139,21 @@ def lookup(config: FleetConfig, store: Store, token: str, now: float | None = No
         return None
     if idle > TOUCH_EVERY_S:
         store.put_kv(key, {**record, "last_seen": moment})
-    name, role, via = [*list(record.get("principal") or []), "", "", ""][:3]
-    return Principal(str(name), str(role), str(via)) if name and role else None
+    return principal_of(record.get("principal"))
+
+
+def principal_of(value: object) -> Principal | None:
+    """A stored [name, role, via] back to a Principal; None unless the role and channel are known words."""
+    from typing import cast
+
+    from actions.auth import Principal, Role, Via
+
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        return None
+    name, role, via = (str(part) for part in value)
+    if not name or role not in ("viewer", "operator", "admin") or via not in ("cli", "dashboard", "oidc"):
+        return None
+    return Principal(name[:200], cast(Role, role), cast(Via, via))
 
 
 def end_session(store: Store, token: str) -> None:
@@ -178,13 +190,14 @@ async def session_route(request: Request) -> Response:
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse, RedirectResponse
 
-    from actions.auth import Principal
 
     config, store = await run_in_threadpool(_config_and_store)
     found = await run_in_threadpool(redeem_ticket, store, request.query_params.get("ticket", ""))
     if found is None:
         return PlainTextResponse("This sign-in link expired; log in again.", status_code=400)
-    principal = Principal(*[str(part) for part in found["principal"]][:3])
+    principal = principal_of(found.get("principal"))
+    if principal is None:
+        return PlainTextResponse("This sign-in link is not valid; log in again.", status_code=400)
     token = await run_in_threadpool(create_session, store, principal)
     response = RedirectResponse(safe_next(str(found.get("next") or "/")), status_code=303)
     response.set_cookie(COOKIE, await run_in_threadpool(sign, config, token), **_cookie_args(request, config))

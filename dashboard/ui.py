@@ -286,7 +286,8 @@ def chart(spec: Chart, data: PanelData, key: str | None = None, height: int = 26
     generation = int(st.session_state.get(ZOOM_GENERATION_KEY, 0))
     event = st.plotly_chart(figure, theme="streamlit", key=f"{key}-z{generation}" if key else None,
                             config={"displaylogo": False}, on_select="rerun", selection_mode="box")
-    boxes = (event or {}).get("selection", {}).get("box") or [] if isinstance(event, dict) else []
+    selection = event.get("selection") if isinstance(event, dict) else None
+    boxes = (selection.get("box") or []) if isinstance(selection, dict) else []
     if boxes:
         xs = boxes[0].get("x") or []
         picked = ranges.zoom_window(*(ranges.axis_to_unix(x) for x in xs[:2])) if len(xs) >= 2 else None

@@ -115,7 +115,7 @@ def chart(title: str, series: Sequence[Series], *, x_range: tuple[float, float],
         for (x, y), label in zip(points, s.labels, strict=False):
             out.append(f'<text x="{px(x):.1f}" y="{py(y, s.right_axis) - 9:.1f}" font-size="11" fill="{TEXT}" '
                        f'text-anchor="middle">{esc(label)}</text>')
-    legend_x = LEFT + plot_w
+    legend_x = float(LEFT + plot_w)
     for s in reversed([s for s in series if s.name]):
         width = 14 + 6.5 * len(s.name)
         legend_x -= width + 10
