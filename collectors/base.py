@@ -92,6 +92,9 @@ class Collector(Protocol[T]):
     async def aclose(self) -> None: ...
 
 
+ERROR_TEXT_LIMIT = 500
+
+
 def rate(previous: tuple[float, float] | None, value: float, ts: float) -> float | None:
     """Per-second rate of a monotonic counter from the previous (value, ts); None on the first reading or a reset."""
     if previous is None:
@@ -107,4 +110,6 @@ def error_text(error: BaseException) -> str:
     """A one-line error description that names the type even when the message is empty (timeouts)."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__
-    return f"{name}: {message}" if message else name
+    text = f"{name}: {message}" if message else name
+    # error texts can quote what a target sent; they are stored and shown, so they are bounded like every field
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 1] + "…"

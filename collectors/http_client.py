@@ -14,6 +14,9 @@ Behaviour:
 - ``timeout_s`` bounds the whole exchange (connect, request, headers, body) with a single timer;
 - any failure or cancellation in the middle of an exchange closes that connection: a half-read response must never
   be parsed as the next one;
+- every body is bounded: ``max_body_bytes`` (per client, or per request) caps the bytes on the wire AND, for a
+  gzip/deflate body, the decompressed size: decompression is incremental and stops one byte past the cap, so a
+  1 MiB "bomb" that inflates to 1 GiB costs at most the cap in memory and time (docs/security.md);
 - errors are :class:`HttpError` subclasses whose text names the endpoint (they end up in ``up=0`` samples).
 """
 
@@ -145,11 +148,15 @@ class HttpClient:
         self._endpoints[url] = endpoint
         return endpoint
 
-    async def get(self, url: str, timeout_s: float) -> HttpResponse:
-        """GET ``url``; raises :class:`HttpError` (connect, timeout, protocol) with the endpoint in the text."""
+    async def get(self, url: str, timeout_s: float, max_body_bytes: int | None = None) -> HttpResponse:
+        """GET ``url``; raises :class:`HttpError` (connect, timeout, protocol) with the endpoint in the text.
+
+        ``max_body_bytes`` (default: the client's) bounds the body on the wire and once decompressed.
+        """
         if self._closed:
             raise HttpError("client is closed")
         endpoint = self._endpoint(url)
+        cap = self._max_body if max_body_bytes is None else max_body_bytes
         async with self._slots:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
@@ -160,7 +167,7 @@ class HttpClient:
                     conn.close()
                     continue
                 try:
-                    return await self._timed_roundtrip(loop, conn, endpoint, deadline, timeout_s, reused=True)
+                    return await self._timed_roundtrip(loop, conn, endpoint, deadline, timeout_s, cap, reused=True)
                 except _StaleConnection:
                     break  # closed by the server just as we reused it; a GET is safe to send again
             timer = asyncio.timeout_at(deadline)  # connecting is the rare path: the plain (costlier) timeout is fine
@@ -171,7 +178,7 @@ class HttpClient:
                 if timer.expired():
                     raise HttpTimeoutError(f"timeout after {timeout_s:g}s connecting to {endpoint.label}") from None
                 raise
-            return await self._timed_roundtrip(loop, conn, endpoint, deadline, timeout_s, reused=False)
+            return await self._timed_roundtrip(loop, conn, endpoint, deadline, timeout_s, cap, reused=False)
 
     async def _timed_roundtrip(
         self,
@@ -180,6 +187,7 @@ class HttpClient:
         endpoint: _Endpoint,
         deadline: float,
         timeout_s: float,
+        cap: int,
         reused: bool,
     ) -> HttpResponse:
         # A bare timer that aborts the transport, not asyncio.timeout(): this is the per-poll hot path and the
@@ -187,7 +195,7 @@ class HttpClient:
         # bookkeeping here. The abort wakes the pending read with EOF, which is then reported as the timeout.
         watchdog = loop.call_at(deadline, conn.expire)
         try:
-            return await self._roundtrip(conn, endpoint, reused)
+            return await self._roundtrip(conn, endpoint, cap, reused)
         except Exception:
             if conn.expired:
                 raise HttpTimeoutError(f"timeout after {timeout_s:g}s waiting for {endpoint.label}") from None
@@ -213,7 +221,7 @@ class HttpClient:
             raise HttpConnectError(f"cannot connect to {endpoint.host}:{endpoint.port}: {exc}") from exc
         return _Conn(reader, writer)
 
-    async def _roundtrip(self, conn: _Conn, endpoint: _Endpoint, reused: bool) -> HttpResponse:
+    async def _roundtrip(self, conn: _Conn, endpoint: _Endpoint, cap: int, reused: bool) -> HttpResponse:
         reader = conn.reader
         try:
             conn.writer.write(endpoint.request)
@@ -231,7 +239,7 @@ class HttpClient:
             while 100 <= status < 200:  # interim responses (100 Continue, 103 Early Hints): the real one follows
                 head = await reader.readuntil(_HEAD_END)
                 status, headers, keep_alive = _parse_head(head, endpoint)
-            body, keep_alive = await self._body(reader, status, headers, keep_alive, endpoint)
+            body, keep_alive = await self._body(reader, status, headers, keep_alive, endpoint, cap)
         except asyncio.IncompleteReadError as exc:
             conn.close()
             raise HttpProtocolError(f"connection closed mid-response from {endpoint.label}") from exc
@@ -246,7 +254,11 @@ class HttpClient:
             raise
         encoding = headers.get("content-encoding")
         if encoding and body:
-            body = _decode(body, encoding, endpoint)
+            try:
+                body = _decode(body, encoding, endpoint, cap)
+            except HttpError:
+                conn.close()  # the framing was fine, but a server that sends bombs does not get its connection kept
+                raise
         if keep_alive and not self._closed:
             idle = self._idle.setdefault(endpoint.key, [])
             if len(idle) < self._max_idle_per_host:
@@ -264,6 +276,7 @@ class HttpClient:
         headers: dict[str, str],
         keep_alive: bool,
         endpoint: _Endpoint,
+        cap: int,
     ) -> tuple[bytes, bool]:
         """The body framed as RFC 9112 §6.3 says, and whether the connection can carry the next request."""
         if status in (204, 304):
@@ -271,20 +284,20 @@ class HttpClient:
         transfer = headers.get("transfer-encoding")
         if transfer is not None:
             if transfer.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                return await self._chunked(reader, endpoint), keep_alive
-            return await self._until_close(reader, endpoint), False
+                return await self._chunked(reader, endpoint, cap), keep_alive
+            return await self._until_close(reader, endpoint, cap), False
         length_text = headers.get("content-length")
         if length_text is not None:
             try:
                 length = int(length_text)
             except ValueError:
                 raise HttpProtocolError(f"bad Content-Length {length_text!r} from {endpoint.label}") from None
-            if length < 0 or length > self._max_body:
+            if length < 0 or length > cap:
                 raise HttpProtocolError(f"Content-Length {length} out of bounds from {endpoint.label}")
             return (await reader.readexactly(length) if length else b""), keep_alive
-        return await self._until_close(reader, endpoint), False
+        return await self._until_close(reader, endpoint, cap), False
 
-    async def _chunked(self, reader: asyncio.StreamReader, endpoint: _Endpoint) -> bytes:
+    async def _chunked(self, reader: asyncio.StreamReader, endpoint: _Endpoint, cap: int) -> bytes:
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -296,24 +309,27 @@ class HttpClient:
             if size == 0:
                 break
             total += size
-            if size < 0 or total > self._max_body:
-                raise HttpProtocolError(f"chunked body over {self._max_body} bytes from {endpoint.label}")
+            if size < 0 or total > cap:
+                raise HttpProtocolError(f"chunked body over {cap} bytes from {endpoint.label}")
             data = await reader.readexactly(size + 2)
             if data[-2:] != _CRLF:
                 raise HttpProtocolError(f"chunk not terminated by CRLF from {endpoint.label}")
             chunks.append(data[:-2])
-        while await reader.readuntil(_CRLF) != _CRLF:  # trailer fields, up to the empty line
-            pass
+        trailer_bytes = 0
+        while (line := await reader.readuntil(_CRLF)) != _CRLF:  # trailer fields, up to the empty line
+            trailer_bytes += len(line)
+            if trailer_bytes > _HEAD_LIMIT:
+                raise HttpProtocolError(f"trailer fields over {_HEAD_LIMIT} bytes from {endpoint.label}")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _until_close(self, reader: asyncio.StreamReader, endpoint: _Endpoint) -> bytes:
-        data = await reader.read(self._max_body + 1)  # read(n) returns early: keep going until EOF
+    async def _until_close(self, reader: asyncio.StreamReader, endpoint: _Endpoint, cap: int) -> bytes:
+        data = await reader.read(cap + 1)  # read(n) returns early: keep going until EOF
         parts = [data]
         total = len(data)
         while data:
-            if total > self._max_body:
-                raise HttpProtocolError(f"body over {self._max_body} bytes from {endpoint.label}")
-            data = await reader.read(self._max_body + 1 - total)
+            if total > cap:
+                raise HttpProtocolError(f"body over {cap} bytes from {endpoint.label}")
+            data = await reader.read(cap + 1 - total)
             parts.append(data)
             total += len(data)
         return b"".join(parts)
@@ -362,20 +378,35 @@ def _parse_head(head: bytes, endpoint: _Endpoint) -> tuple[int, dict[str, str], 
     return status, headers, keep_alive
 
 
-def _decode(body: bytes, encoding: str, endpoint: _Endpoint) -> bytes:
-    """Undo gzip/deflate (we never ask for it, but a misconfigured compression middleware may send it anyway)."""
+def _decode(body: bytes, encoding: str, endpoint: _Endpoint, cap: int) -> bytes:
+    """Undo gzip/deflate (we never ask for it, but a misconfigured compression middleware may send it anyway).
+
+    Incremental: at most ``cap + 1`` bytes are ever produced, so a decompression bomb costs the cap, not its
+    expanded size; over the cap is an error, never a silently truncated body.
+    """
     coding = encoding.strip().lower()
     try:
         if coding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            return _inflate(body, 16 + zlib.MAX_WBITS, coding, endpoint, cap)
         if coding == "deflate":
             try:
-                return zlib.decompress(body)
+                return _inflate(body, zlib.MAX_WBITS, coding, endpoint, cap)
             except zlib.error:  # raw deflate without the zlib header, as some servers send it
-                return zlib.decompress(body, -zlib.MAX_WBITS)
+                return _inflate(body, -zlib.MAX_WBITS, coding, endpoint, cap)
     except zlib.error as exc:
         raise HttpProtocolError(f"bad {coding} body from {endpoint.label}: {exc}") from None
     return body  # identity or an unknown coding: the raw bytes are the best we have
+
+
+def _inflate(body: bytes, wbits: int, coding: str, endpoint: _Endpoint, cap: int) -> bytes:
+    """Raises zlib.error for a corrupt or truncated stream, HttpProtocolError past the cap."""
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(body, cap + 1)  # stops producing at cap + 1 bytes: the rest stays unconsumed
+    if len(out) > cap or inflater.unconsumed_tail:
+        raise HttpProtocolError(f"{coding} body over {cap} bytes once decompressed from {endpoint.label}")
+    if not inflater.eof:
+        raise zlib.error("truncated stream")
+    return out
 
 
 __all__ = [

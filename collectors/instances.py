@@ -9,6 +9,11 @@ against a bare stream loop).
 
 ``normalise_health`` is pure and accepts every shape of docs/design-notes.md#health: IETF health+json, Spring Boot
 Actuator, NestJS Terminus, the typical Express JSON and a plain-text 200.
+
+Everything an instance sends is untrusted (docs/security.md): the health body is read up to ``HEALTH_BODY_LIMIT``
+and the /metrics page up to ``METRICS_BODY_LIMIT`` (decompressed size included), both requests and the parsing
+share the target's deadline, every text field kept is capped, and a JSON health body that does not parse is a
+``fail`` with the reason. /metrics is read by :mod:`collectors.exposition`, which tokenises only the families kept.
 """
 
 from __future__ import annotations
@@ -20,15 +25,20 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, TargetGone, rate
-from collectors.http_client import HttpClient, HttpError
+from collectors.exposition import scan
+from collectors.http_client import HttpClient, HttpConnectError, HttpError, HttpTimeoutError
 from core.config import FleetConfig
 from core.samples import Sample
 
 SOURCE = "instance"
 RAW_TEXT_LIMIT = 16_384  # health_raw is for display; a runaway body must not bloat the store
+HEALTH_BODY_LIMIT = 64 << 10  # health JSON is ~0.1-5 KiB; more is a broken or hostile endpoint
+METRICS_BODY_LIMIT = 1 << 20  # a prom-client page is ~5-50 KiB
+VERSION_LIMIT = 256
+CHECK_NAME_LIMIT = 200
+MAX_CHECKS = 100
+REASON_LIMIT = 300
 
 REGISTRY = MetricRegistry(
     SOURCE,
@@ -89,6 +99,7 @@ class HealthReading(NamedTuple):
     pool_waiting: float | None
     raw: str
     extra: dict[str, Any]  # unknown top-level keys, kept for display
+    reason: str | None = None  # why the body itself makes this a fail (unparseable JSON, not UTF-8, too deep)
 
 
 def _word(value: object) -> str | None:
@@ -174,14 +185,26 @@ def normalise_health(status_code: int, content_type: str | None, body: str | byt
     The HTTP status decides first (>= 400 is fail) unless the body says the instance is draining
     (Terminus `shutting_down`, Spring `OUT_OF_SERVICE`, `draining: true`), which is more specific.
     """
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    declared_json = bool(content_type) and "json" in str(content_type).lower()
+    reason: str | None = None
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            text = body.decode("utf-8", "replace")
+            if declared_json:  # JSON is UTF-8 (RFC 8259 §8.1): anything else is a broken endpoint
+                reason = f"health body is not UTF-8 (byte {error.start})"
+    else:
+        text = body
     data: Any = None
-    stripped = text.lstrip()
-    if (content_type and "json" in content_type) or stripped.startswith(("{", "[")):
+    if reason is None and (declared_json or text.lstrip().startswith(("{", "["))):
         try:
             data = json.loads(text)
-        except ValueError:
-            data = None
+        except RecursionError:
+            reason = "health JSON nested too deeply"
+        except ValueError as error:
+            if declared_json:
+                reason = f"health JSON does not parse: {str(error)[:REASON_LIMIT]}"
     checks: dict[str, str] = {}
     extra: dict[str, Any] = {}
     version: str | None = None
@@ -198,7 +221,8 @@ def normalise_health(status_code: int, content_type: str | None, body: str | byt
             _flatten_components(data.get("info"), "", checks)
             _flatten_components(data.get("error"), "", checks)
         raw_version = data.get("version") or data.get("releaseId")
-        version = str(raw_version) if raw_version not in (None, "") else None
+        if isinstance(raw_version, str | int | float) and raw_version != "":
+            version = str(raw_version)[:VERSION_LIMIT]
         uptime = _number(data.get("uptime"))
         memory = data.get("memory")
         if isinstance(memory, dict):
@@ -211,7 +235,11 @@ def normalise_health(status_code: int, content_type: str | None, body: str | byt
             pool_idle = _number(pool.get("idleCount", pool.get("idle")))
             pool_waiting = _number(pool.get("waitingCount", pool.get("waiting")))
         extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-    if draining:
+        if len(checks) > MAX_CHECKS or any(len(name) > CHECK_NAME_LIMIT for name in checks):
+            checks = {name[:CHECK_NAME_LIMIT]: word for name, word in list(checks.items())[:MAX_CHECKS]}
+    if reason is not None:
+        status = "fail"
+    elif draining:
         status = "draining"
     elif status_code >= 400:
         status = "fail"
@@ -234,6 +262,7 @@ def normalise_health(status_code: int, content_type: str | None, body: str | byt
         pool_waiting,
         text[:RAW_TEXT_LIMIT],
         extra,
+        reason,
     )
 
 
@@ -258,31 +287,43 @@ class PromReading(NamedTuple):
 _STATUS_LABELS = ("status_code", "code", "status")
 
 
-def parse_prometheus(text: str) -> PromReading:
-    """The few series we chart from a prom-client style /metrics page."""
+KEPT_FAMILIES = (
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "nodejs_eventloop_lag_seconds",
+    "eventloop_lag_seconds",
+    "http_request_duration_seconds_count",
+    "http_requests_total",
+)
+
+
+def parse_prometheus(text: str, deadline: float | None = None) -> PromReading:
+    """The few series we chart from a prom-client style /metrics page (bounded: see collectors.exposition).
+
+    ``deadline`` is a ``time.monotonic()`` value; raises ExpositionError (a ValueError) or TimeoutError.
+    """
     rss = cpu = lag = None
     histogram_requests = counter_requests = 0.0
     histogram_5xx = counter_5xx = 0.0
     seen_histogram = seen_counter = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name
-            if name == "process_resident_memory_bytes":
-                rss = sample.value
-            elif name == "process_cpu_seconds_total":
-                cpu = sample.value
-            elif name in ("nodejs_eventloop_lag_seconds", "eventloop_lag_seconds"):
-                lag = sample.value if lag is None or name == "nodejs_eventloop_lag_seconds" else lag
-            elif name == "http_request_duration_seconds_count":
-                seen_histogram = True
-                histogram_requests += sample.value
-                if _is_5xx(sample.labels):
-                    histogram_5xx += sample.value
-            elif name == "http_requests_total":
-                seen_counter = True
-                counter_requests += sample.value
-                if _is_5xx(sample.labels):
-                    counter_5xx += sample.value
+    for sample in scan(text, KEPT_FAMILIES, deadline=deadline):
+        name = sample.name
+        if name == "process_resident_memory_bytes":
+            rss = sample.value
+        elif name == "process_cpu_seconds_total":
+            cpu = sample.value
+        elif name in ("nodejs_eventloop_lag_seconds", "eventloop_lag_seconds"):
+            lag = sample.value if lag is None or name == "nodejs_eventloop_lag_seconds" else lag
+        elif name == "http_request_duration_seconds_count":
+            seen_histogram = True
+            histogram_requests += sample.value
+            if _is_5xx(sample.labels):
+                histogram_5xx += sample.value
+        elif name == "http_requests_total":
+            seen_counter = True
+            counter_requests += sample.value
+            if _is_5xx(sample.labels):
+                counter_5xx += sample.value
     if seen_histogram:
         return PromReading(rss, cpu, lag, histogram_requests, histogram_5xx)
     if seen_counter:
@@ -292,6 +333,14 @@ def parse_prometheus(text: str) -> PromReading:
 
 def _is_5xx(labels: dict[str, str]) -> bool:
     return any(str(labels.get(name, "")).startswith("5") for name in _STATUS_LABELS)
+
+
+class HealthBodyError(Exception):
+    """The health body cannot be read (see HealthReading.reason): the target is reported down with this text."""
+
+
+class MetricsPageError(Exception):
+    """The /metrics page broke a bound or the format: the target is reported down with this text."""
 
 
 class InstanceTarget(NamedTuple):
@@ -384,8 +433,10 @@ class InstanceCollector:
         client = self._client()
         ts = time.time()
         started = time.perf_counter()
+        # one deadline for both requests and the parsing: a target costs at most its timeout, whatever it sends
+        deadline = time.monotonic() + target.timeout_s
         try:
-            response = await client.get(target.base_url + target.health_path, target.timeout_s)
+            response = await client.get(target.base_url + target.health_path, target.timeout_s, HEALTH_BODY_LIMIT)
         except (HttpError, TimeoutError, OSError):
             if self._removed(target):
                 raise TargetGone(target.key) from None
@@ -395,6 +446,10 @@ class InstanceCollector:
         reading = normalise_health(status_code, response.headers.get("content-type"), response.body)
         key = target.key
         status = reading.status
+        if reading.reason is not None:
+            # An answer that cannot be read (a JSON content type that does not parse, is not UTF-8, nests too
+            # deeply) is no usable answer: the runner reports up=0 with the reason (docs/security.md).
+            raise HealthBodyError(f"health body unusable (HTTP {status_code}): {reading.reason}")
         # `up` is reachability: the instance answered. A failing health check is a different fault (often a
         # dependency's), recorded in health_status and failing_checks — never as "no answer" (docs/operations.md).
         failing = failing_checks(reading.checks)
@@ -420,8 +475,8 @@ class InstanceCollector:
             if value is not None:
                 out.append(sample(key, metric, value, ts))
         if target.metrics_path:
-            out.extend(await self._metrics(client, target, target.metrics_path, ts,
-                                           have_rss=reading.memory_rss_bytes is not None))
+            have_rss = reading.memory_rss_bytes is not None
+            out.extend(await self._metrics(client, target, target.metrics_path, ts, deadline, have_rss=have_rss))
         return out
 
     def _removed(self, target: InstanceTarget) -> bool:
@@ -436,16 +491,33 @@ class InstanceCollector:
         return not any(r.instance_id == target.instance_id and f"http://{r.host}:{r.port}" == target.base_url
                        and r.state in _POLLED_STATES for r in records)
 
-    async def _metrics(self, client: HttpClient, target: InstanceTarget, metrics_path: str, ts: float,
-                       have_rss: bool) -> list[Sample]:
-        """A missing or broken /metrics page costs the metrics only, never the health reading."""
-        try:
-            response = await client.get(target.base_url + metrics_path, target.timeout_s)
-            if response.status != 200:
-                return []
-            prom = parse_prometheus(response.text())
-        except (HttpError, TimeoutError, ValueError):
+    async def _metrics(
+        self, client: HttpClient, target: InstanceTarget, metrics_path: str, ts: float, deadline: float,
+        have_rss: bool,
+    ) -> list[Sample]:
+        """A missing, failing or slow /metrics page costs the metrics only, never the health reading.
+
+        A page that breaks a bound (over the size cap, a decompression bomb, not HTTP, unparseable, too many
+        series, the deadline passed while parsing) is a hostile or broken target: it raises, so the runner reports
+        ``up=0`` with the reason.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             return []
+        try:
+            response = await client.get(target.base_url + metrics_path, remaining, METRICS_BODY_LIMIT)
+        except (HttpConnectError, HttpTimeoutError):
+            return []
+        except HttpError as error:
+            raise MetricsPageError(f"metrics: {error}") from None
+        if response.status != 200:
+            return []
+        try:
+            prom = parse_prometheus(response.text(), deadline)
+        except TimeoutError:
+            raise MetricsPageError(f"metrics: parsing passed the {target.timeout_s:g}s deadline") from None
+        except ValueError as error:
+            raise MetricsPageError(f"metrics: {str(error)[:REASON_LIMIT]}") from None
         key = target.key
         sample = REGISTRY.sample
         out: list[Sample] = []
