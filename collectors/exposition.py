@@ -132,7 +132,9 @@ def scan(
         width = len(name)
         # a page may start with the sample itself (no HELP/TYPE before it): a virtual newline at -1
         position = -1 if text.startswith(name) else text.find(needle, 0, limit)
-        while position >= -1 and position < limit:
+        if position == -1 and not text.startswith(name):
+            continue
+        while position < limit:
             start = position + 1
             after = start + width
             if after == limit or (after < limit and text[after] in _NAME_END):

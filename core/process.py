@@ -13,11 +13,10 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from core.config import REPO_ROOT
+from core.http_probe import http_get as bounded_http_get
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +133,8 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def http_get(url: str, timeout_s: float) -> tuple[int, bytes]:
-    """(status, body); status 0 means no HTTP answer at all (refused, timeout)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read() if error.fp else b""
-    except (OSError, ValueError):
-        return 0, b""
+    """(status, body); status 0 means no usable HTTP answer (refused, timeout, body over the cap).
+
+    Bounded in total time and size (core/http_probe.py): a trickling or huge health body cannot hold an action.
+    """
+    return bounded_http_get(url, timeout_s)
