@@ -39,6 +39,7 @@ VERSION_LIMIT = 256
 CHECK_NAME_LIMIT = 200
 MAX_CHECKS = 100
 REASON_LIMIT = 300
+TEXT_SAMPLES_EVERY_S = 60.0
 
 REGISTRY = MetricRegistry(
     SOURCE,
@@ -413,6 +414,17 @@ class InstanceCollector:
         self._http: HttpClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._cpu_previous: dict[str, tuple[float, float]] = {}
+        # (target, metric) -> (monotonic time written, what it said): see _changed_or_due
+        self._text_written: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def _changed_or_due(self, key: str, metric: str, identity: str) -> bool:
+        """Text-carrying samples (value always 1) are written when they change or once a minute, not each cycle."""
+        now = time.monotonic()
+        previous = self._text_written.get((key, metric))
+        if previous is not None and previous[1] == identity and now - previous[0] < TEXT_SAMPLES_EVERY_S:
+            return False
+        self._text_written[(key, metric)] = (now, identity)
+        return True
 
     def targets(self) -> list[InstanceTarget]:
         if self.fixed_targets is not None:
@@ -460,9 +472,11 @@ class InstanceCollector:
             sample(key, "http_status", status_code, ts),
             sample(key, "health_status", HEALTH_CODES[status], ts, text=status),
             sample(key, "failing_checks", len(failing), ts, text=", ".join(failing)[:FAILING_TEXT_LIMIT] or None),
-            sample(key, "health_raw", 1, ts, text=reading.raw),
         ]
-        if reading.version is not None:
+        # the raw body changes every poll (uptime, memory): it is rewritten when the status or a check changes
+        if self._changed_or_due(key, "health_raw", f"{status}{reading.checks}" if reading.checks else status):
+            out.append(sample(key, "health_raw", 1, ts, text=reading.raw))
+        if reading.version is not None and self._changed_or_due(key, "version", reading.version):
             out.append(sample(key, "version", 1, ts, text=reading.version))
         for metric, value in (
             ("uptime_s", reading.uptime_s),

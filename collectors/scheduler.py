@@ -2,7 +2,12 @@
 
 Every job has ``max_instances=1`` and ``coalesce=True`` and is bounded by the runner's timeout, so one slow target
 only ever delays itself. Collect coroutines of every collector run on ONE asyncio event loop in a dedicated
-thread (uvloop when installed); a job thread submits its coroutine there and waits for it. Samples go to an
+thread (uvloop when installed); a job hands its coroutine to that loop and returns at once (a job thread that
+waited for its poll made the thread pool the limit: 16 threads × a few ms per poll fell short of 10,000 targets
+at a 10 s interval). A target whose previous run is still going is skipped, not stacked. The schedule reports
+on itself as samples of source ``collector``, target ``scheduler/<collector>``: ``cycles_total``,
+``cycles_skipped_total``, ``cycles_late_total`` (started more than ``late_after_s`` after the scheduled time) and
+``schedule_lag_max_ms``, written when they change or once a minute. Samples go to an
 in-memory queue that a writer job flushes to the Store once a second in one batch (so 1,000 targets cost one
 transaction, not 1,000) and feeds to the alert rules. A refresh job first reconciles the replica registry with the
 backends (actions/backends/reconcile.py: containers Compose started), then re-reads targets (replicas come and go)
@@ -26,6 +31,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -34,7 +46,7 @@ from actions.backends.reconcile import ReplicaReconciler
 from collectors.alerts import AlertEvaluator
 from collectors.exporter import MetricsServer, SampleExporter
 from collectors.registry import AnyCollector, build_collectors, interval_setting
-from collectors.runner import Runner
+from collectors.runner import SELF_METRICS_EVERY_S, SELF_REGISTRY, Runner
 from collectors.self_health import BufferedWriter
 from core.config import FleetConfig
 from core.samples import Sample
@@ -150,6 +162,13 @@ class CollectorScheduler:
         self._targets: dict[str, Any] = {}  # job id -> target it was scheduled for (targets are typed per collector)
         self._lock = threading.Lock()
         self.written = 0
+        self.late_after_s = 1.0
+        self._in_flight: dict[str, Any] = {}  # job id -> its concurrent.futures.Future on the loop
+        self._schedule = threading.RLock()
+        # collector name -> [cycles, skipped, late, worst lag ms since last report]
+        self.schedule_counts: dict[str, list[float]] = {}
+        self._schedule_reported: dict[str, tuple[float, tuple[float, ...]]] = {}
+        self._last_scheduled: dict[str, float] = {}  # job id -> its previous scheduled run (unix s)
 
     # -- life cycle -----------------------------------------------------------------------------------------------
 
@@ -179,6 +198,8 @@ class CollectorScheduler:
             id="fleetdeck:rollup",
             next_run_time=datetime.now().astimezone() + timedelta(seconds=ROLLUP_FIRST_AFTER_S),
         )
+        watched = EVENT_JOB_SUBMITTED | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
+        self.scheduler.add_listener(self._on_job_event, watched)
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -187,6 +208,11 @@ class CollectorScheduler:
         self._loops = []
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        with self._schedule:
+            running = list(self._in_flight.values())
+        for future in running:  # each run is bounded by the runner's timeout
+            with contextlib.suppress(Exception):
+                future.result(self.timeout_s + 2.0)
         if self.loop_thread is not None:
             for collector in self.collectors:
                 try:
@@ -269,16 +295,78 @@ class CollectorScheduler:
         with contextlib.suppress(JobLookupError):  # already gone
             self.scheduler.remove_job(job_id)
         self._targets.pop(job_id, None)
+        self._last_scheduled.pop(job_id, None)
 
     def collect_one(self, collector: AnyCollector, target: Any) -> None:
-        """One (collector, target) job: bounded by the runner's timeout, never raises into APScheduler."""
+        """One (collector, target) job: hands the run to the loop and returns; never raises into APScheduler."""
         assert self.loop_thread is not None
+        job_id = f"{collector.name}:{target.key}"
+        with self._schedule:
+            if job_id in self._in_flight:  # the previous run of this target is still going: skip, don't stack
+                self._count(collector.name, skipped=1)
+                return
+            future = asyncio.run_coroutine_threadsafe(self.runner.run(collector, target), self.loop_thread.loop)
+            self._in_flight[job_id] = future
+        future.add_done_callback(lambda done: self._finished(job_id, collector, target, done))
+
+    def _finished(self, job_id: str, collector: Any, target: Any, future: Any) -> None:
+        with self._schedule:
+            self._in_flight.pop(job_id, None)
         try:
-            samples = self.loop_thread.run(self.runner.run(collector, target), self.timeout_s + 2.0)
-        except Exception as error:  # only if the loop itself is stuck; the runner already caught the rest
-            log.error("collect %s %s: %s", collector.name, target.key, error)
+            self.pending.put(future.result())
+        except Exception as error:  # cancelled at shutdown; the runner itself never raises
+            log.warning("collect %s %s: %s", collector.name, getattr(target, "key", target), error)
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        """APScheduler's view of the schedule: coalesced or missed runs are skipped ones; start delay is lag."""
+        job_id = str(event.job_id)
+        if job_id.startswith("fleetdeck:"):
             return
-        self.pending.put(samples)
+        name = job_id.split(":", 1)[0]
+        if isinstance(event, JobSubmissionEvent):
+            runs = event.scheduled_run_times
+            if not runs:
+                return
+            newest = runs[-1].timestamp()
+            lag_s = max(0.0, time.time() - newest)
+            # coalesced runs arrive as one (the newest): the scheduled times jumped over the ones folded into it
+            interval = max(MIN_INTERVAL_S, self.intervals.get(name, interval_of(self.config, name)))
+            previous = self._last_scheduled.get(job_id)
+            self._last_scheduled[job_id] = newest
+            skipped = len(runs) - 1
+            if previous is not None:
+                skipped += max(0, round((newest - previous) / interval) - 1)
+            self._count(name, cycles=1, skipped=skipped, late=int(lag_s > self.late_after_s), lag_ms=lag_s * 1000.0)
+        else:  # EVENT_JOB_MISSED (past the misfire grace time) or EVENT_JOB_MAX_INSTANCES
+            self._count(name, skipped=1)
+
+    def _count(self, name: str, cycles: int = 0, skipped: int = 0, late: int = 0, lag_ms: float = 0.0) -> None:
+        with self._schedule:
+            counts = self.schedule_counts.setdefault(name, [0, 0, 0, 0.0])
+            counts[0] += cycles
+            counts[1] += skipped
+            counts[2] += late
+            counts[3] = max(counts[3], lag_ms)
+
+    def schedule_samples(self, force: bool = False) -> list[Sample]:
+        """The schedule's own health as samples, for each collector whose counts changed (or once a minute)."""
+        now_ts, now = time.time(), time.monotonic()
+        out: list[Sample] = []
+        with self._schedule:
+            for name, counts in self.schedule_counts.items():
+                state = (counts[1], counts[2])  # skipped, late: what deserves a write as soon as it moves
+                previous = self._schedule_reported.get(name)
+                fresh = previous is not None and now - previous[0] < SELF_METRICS_EVERY_S
+                if not force and fresh and previous is not None and previous[1] == state:
+                    continue
+                self._schedule_reported[name] = (now, state)
+                subject = f"scheduler/{name}"
+                out.append(SELF_REGISTRY.sample(subject, "cycles_total", counts[0], now_ts))
+                out.append(SELF_REGISTRY.sample(subject, "cycles_skipped_total", counts[1], now_ts))
+                out.append(SELF_REGISTRY.sample(subject, "cycles_late_total", counts[2], now_ts))
+                out.append(SELF_REGISTRY.sample(subject, "schedule_lag_max_ms", counts[3], now_ts))
+                counts[3] = 0.0
+        return out
 
     def flush(self) -> int:
         """Write everything collected since the last flush in one batch, then the alerts it triggers."""
@@ -288,6 +376,7 @@ class CollectorScheduler:
                 batch.extend(self.pending.get_nowait())
             except queue.Empty:
                 break
+        batch.extend(self.schedule_samples())
         if batch:
             batch.extend(self.alerts.evaluate(batch))
             self.exporter.update(batch)

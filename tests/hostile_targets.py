@@ -4,7 +4,8 @@
 ``<healthy count>`` well-behaved ports, prints ``{"hostile": {kind: port}, "healthy": [port, ...]}`` as one JSON
 line, and serves until killed (by its PID). Every kind is what a broken or malicious instance can send:
 
-- ``gzip_bomb`` / ``deflate_bomb``: a JSON health body compressed from ``<bomb MiB>`` MiB of spaces;
+- ``gzip_bomb`` / ``deflate_bomb``: a JSON health body compressed from ``<bomb MiB>`` MiB of spaces (48 MiB
+  is ~48 KiB on the wire, inside the 64 KiB health cap: only the decompressed-size cap stops it);
 - ``endless_chunked``: a chunked body that never ends; ``trickle``: one byte every 0.2 s;
 - ``huge_headers``: header lines without end; ``invalid_json``, ``non_utf8``, ``deep_nesting``: bodies with a
   JSON content type that are not usable JSON;
