@@ -109,7 +109,8 @@ def test_escapes_special_values_timestamps_and_no_trailing_newline() -> None:
 def test_openmetrics_exemplars_and_eof_identical_to_prometheus_client() -> None:
     text = (
         "# TYPE http_request_duration_seconds histogram\n"
-        'http_request_duration_seconds_bucket{le="0.1",status_code="200"} 8 1700000000.5 # {trace_id="abc"} 0.05 1700000000.1\n'
+        'http_request_duration_seconds_bucket{le="0.1",status_code="200"} 8 1700000000.5'
+        ' # {trace_id="abc"} 0.05 1700000000.1\n'
         'http_request_duration_seconds_bucket{le="+Inf",status_code="200"} 9 1700000000.5\n'
         'http_request_duration_seconds_count{status_code="200"} 9 1700000000.5\n'
         'http_request_duration_seconds_sum{status_code="200"} 0.5 1700000000.5\n'

@@ -1,4 +1,4 @@
-"""The health probe of actions and `status` (actions.local.http_get) is bounded in total time and size.
+"""The health probe of actions and `status` (core.process.http_get) is bounded in total time and size.
 
 Real sockets on loopback: a small threaded server in this process sends a trickled body, a 100 MB body, an
 endless chunked body and a normal answer.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actions.local import http_get
+from core.process import http_get
 
 
 def _serve(conn: socket.socket, kind: str, stop: threading.Event) -> None:
