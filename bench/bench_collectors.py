@@ -15,117 +15,153 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import redis.asyncio as aioredis
+from loopback_targets import measure_prometheus, peak_rss_mb, rss_mb, start_targets, stored_prometheus
 
 from collectors.bullmq import BullMQCollector, RedisTarget
 from collectors.instances import InstanceCollector, InstanceTarget
 from collectors.redis_common import RespConnection, pack
 from collectors.runner import Runner
+from collectors.scheduler import CollectorScheduler
+from core.config import parse_config
+from core.samples import Sample
+from core.store import Store
 
 PYTHON = sys.executable
-BODY = json.dumps(
-    {
-        "status": "ok",
-        "uptime": 1234.5,
-        "version": "1.0.0",
-        "memory": {"rss": 81_000_000, "heapTotal": 40_000_000, "heapUsed": 30_000_000, "external": 2_000_000},
-        "database": {"pool": {"totalCount": 10, "idleCount": 8, "waitingCount": 0}},
-    }
-)
-
-# One uvloop process, N listening sockets, a keep-alive HTTP/1.1 responder (never the bottleneck under test).
-SERVER = r"""
-import asyncio, sys
-try:
-    import uvloop; uvloop.install()
-except ImportError:
-    pass
-count, body = int(sys.argv[1]), sys.argv[2].encode()
-response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nConnection: keep-alive\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-class Proto(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.buffer = transport, b""
-    def data_received(self, data):
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            self.transport.write(response)
-async def main():
-    loop = asyncio.get_running_loop()
-    ports = []
-    for _ in range(count):
-        server = await loop.create_server(Proto, "127.0.0.1", 0, backlog=64)
-        ports.append(server.sockets[0].getsockname()[1])
-    print(" ".join(map(str, ports)), flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
-async def floor_cycle(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], ports: list[int]) -> None:
-    """The floor: GET on each kept-alive connection, read headers and exactly Content-Length bytes, parse nothing."""
+async def floor_cycle(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], paths: tuple[str, ...]) -> None:
+    """The floor: GETs on kept-alive connections, read headers and exactly Content-Length bytes, parse nothing."""
 
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-        writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        at = head.lower().index(b"content-length:") + 15
-        await reader.readexactly(int(head[at : head.index(b"\r\n", at)]))
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for path in paths:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            at = head.lower().index(b"content-length:") + 15
+            await reader.readexactly(int(head[at : head.index(b"\r\n", at)]))
 
-    await asyncio.gather(*(one(r, w, p) for (r, w), p in zip(conns, ports, strict=True)))
+    await asyncio.gather(*(one(r, w) for r, w in conns))
 
 
-async def bench_health(count: int, cycles: int) -> None:
-    proc = subprocess.Popen([PYTHON, "-c", SERVER, str(count), BODY], stdout=subprocess.PIPE)
+async def _cycles(
+    runner: Runner, collector: InstanceCollector, targets: list[InstanceTarget], cycles: int
+) -> tuple[list[float], list[float], list[list[Sample]]]:
+    first = await runner.run_many(collector, targets)  # warm-up: opens the keep-alive connections
+    assert sum(1 for s in first if s.metric == "up" and s.value == 1) == len(targets), "not every target answered"
+    walls, cpus, batches = [], [], [first]
+    for _ in range(cycles):
+        wall, cpu = time.perf_counter(), time.process_time()
+        samples = await runner.run_many(collector, targets)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        assert sum(1 for s in samples if s.metric == "up" and s.value == 1) == len(targets)
+        batches.append(samples)
+    return walls, cpus, batches
+
+
+def _store_writes(batches: list[list[Sample]]) -> tuple[float, float, float]:
+    """(median seconds per cycle write, samples per cycle, samples/s) writing each cycle in one batch to SQLite."""
+    with tempfile.TemporaryDirectory(prefix="fleetdeck-bench-store-") as tmp:
+        store = Store(f"sqlite:///{tmp}/bench.db")
+        try:
+            store.write_samples(batches[0])  # the first cycle creates the series: a one-off cost
+            times = []
+            for batch in batches[1:]:
+                started = time.perf_counter()
+                store.write_samples(batch)
+                times.append(time.perf_counter() - started)
+        finally:
+            store.close()
+    per_cycle = statistics.median(times)
+    count = statistics.median(len(b) for b in batches[1:])
+    return per_cycle, count, count / per_cycle
+
+
+async def bench_instances(count: int, cycles: int, prometheus_window_s: float) -> None:
+    served = start_targets(count)
     try:
-        assert proc.stdout is not None
-        ports = [int(p) for p in proc.stdout.readline().split()]
-        targets = [
-            InstanceTarget(f"bench/i{i}", "bench", f"http://127.0.0.1:{p}", "/health", None, 5.0)
-            for i, p in enumerate(ports)
-        ]
-        collector = InstanceCollector(fixed_targets=targets, max_connections=count)
-        runner = Runner(timeout_s=10)
-        first = await runner.run_many(collector, targets)  # warm-up: opens the keep-alive connections
-        assert sum(1 for s in first if s.metric == "up" and s.value == 1) == count, "not every target answered"
-        walls, cpus = [], []
-        for _ in range(cycles):
-            wall, cpu = time.perf_counter(), time.process_time()
-            samples = await runner.run_many(collector, targets)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
-            assert sum(1 for s in samples if s.metric == "up" and s.value == 1) == count
-        await collector.aclose()
+        ports = served.ports
+        figures: dict[str, tuple[float, float]] = {}
+        store_figures = (0.0, 0.0, 0.0)
+        for label, metrics_path in (("health only", None), ("health + /metrics", "/metrics")):
+            targets = [
+                InstanceTarget(f"bench/i{i}", "bench", f"http://127.0.0.1:{p}", "/health", metrics_path, 5.0)
+                for i, p in enumerate(ports)
+            ]
+            collector = InstanceCollector(fixed_targets=targets, max_connections=count)
+            walls, cpus, batches = await _cycles(Runner(timeout_s=10), collector, targets, cycles)
+            await collector.aclose()
+            figures[label] = (statistics.median(walls), statistics.median(cpus))
+            if metrics_path is not None:
+                store_figures = _store_writes(batches)
 
         conns = [await asyncio.open_connection("127.0.0.1", p) for p in ports]
-        await floor_cycle(conns, ports)
+        await floor_cycle(conns, ("/health", "/metrics"))
         floor_walls, floor_cpus = [], []
         for _ in range(cycles):
             wall, cpu = time.perf_counter(), time.process_time()
-            await floor_cycle(conns, ports)
+            await floor_cycle(conns, ("/health", "/metrics"))
             floor_walls.append(time.perf_counter() - wall)
             floor_cpus.append(time.process_time() - cpu)
         for _r, w in conns:
             w.close()
+
+        prometheus = measure_prometheus(ports, window_s=prometheus_window_s) if prometheus_window_s > 0 else None
     finally:
-        proc.terminate()
-        proc.wait(10)
-    wall, cpu = statistics.median(walls), statistics.median(cpus)
+        served.stop()
+    wall, cpu = figures["health + /metrics"]
+    health_wall, health_cpu = figures["health only"]
     floor_wall, floor_cpu = statistics.median(floor_walls), statistics.median(floor_cpus)
-    print(f"health: {count} targets, median of {cycles} cycles (warm keep-alive)")
-    print(f"  collector cycle wall {wall * 1000:7.1f} ms  (goal <= 1000 ms)")
-    print(f"  collector CPU/target {cpu / count * 1e6:7.1f} us  (goal <= 150 us)")
-    print(f"  floor     cycle wall {floor_wall * 1000:7.1f} ms   CPU/target {floor_cpu / count * 1e6:6.1f} us")
-    print(f"  ratio collector/floor: wall {wall / floor_wall:.1f}x, CPU {cpu / floor_cpu:.1f}x")
+    per_target_us = cpu / count * 1e6
+    write_s, samples_per_cycle, samples_per_s = store_figures
+    write_us = write_s / count * 1e6
+    print(f"instances: {count} targets, /health + a prom-client /metrics page each, median of {cycles} cycles")
+    print(f"  cycle wall          {wall * 1000:7.1f} ms   (goal <= 1000 ms)  {_verdict(wall <= 1.0)}")
+    print(f"  poll+parse CPU      {per_target_us:7.1f} us/target   (health only: {health_cpu / count * 1e6:.1f} us,"
+          f" wall {health_wall * 1000:.0f} ms)")  # fmt: skip
+    print(f"  floor (2 GETs, no parsing) wall {floor_wall * 1000:.1f} ms, CPU {floor_cpu / count * 1e6:.1f} us/target;"
+          f" collector/floor CPU {cpu / floor_cpu:.2f}x")  # fmt: skip
+    print(f"  store write (SQLite, one batch per cycle) {write_us:7.1f} us/target   (goal <= 150 us)"
+          f"  {_verdict(write_us <= 150)}")  # fmt: skip
+    print(f"    {samples_per_cycle / count:.1f} samples/target/cycle, {samples_per_s:,.0f} samples/s")
+    if prometheus is not None:
+        print(f"  Prometheus ({prometheus.version}), same targets, {prometheus.interval_s:g}s interval,"
+              f" {prometheus.scrapes} scrapes in {prometheus.window_s:g}s:")  # fmt: skip
+        print(f"    CPU {prometheus.cpu_per_scrape_us:.0f} us/scrape, marginal (minus idle) "
+              f"{prometheus.marginal_per_scrape_us:.0f} us/scrape")  # fmt: skip
+        _ratios(per_target_us, prometheus.cpu_per_scrape_us, prometheus.marginal_per_scrape_us, "same run")
+    else:
+        stored = stored_prometheus()
+        reason = "not installed" if shutil.which("prometheus") is None else "skipped (--prometheus-window 0)"
+        if stored is None:
+            print(f"  Prometheus {reason}; no stored figure (bench/prometheus_baseline.json)")
+        else:
+            print(f"  Prometheus {reason}; last stored figure ({stored.get('version')}):"
+                  f" {float(stored['cpu_per_scrape_us']):.0f} us/scrape,"  # type: ignore[arg-type]
+                  f" marginal {float(stored['marginal_per_scrape_us']):.0f} us")  # type: ignore[arg-type]  # fmt: skip
+            _ratios(per_target_us, float(stored["cpu_per_scrape_us"]),  # type: ignore[arg-type]
+                    float(stored["marginal_per_scrape_us"]), "stored figure, NOT the same run")  # type: ignore[arg-type]  # fmt: skip
+
+
+def _ratios(ours_us: float, per_scrape_us: float, marginal_us: float, note: str) -> None:
+    ratio = ours_us / per_scrape_us
+    marginal = ours_us / marginal_us if marginal_us > 0 else float("inf")
+    print(f"    ratio fleetdeck/Prometheus CPU per target: {ratio:.2f}x (goal <= 1.0x) {_verdict(ratio <= 1.0)};"
+          f" vs its marginal cost {marginal:.2f}x (stretch <= 1.0x) {_verdict(marginal <= 1.0)}  [{note}]")  # fmt: skip
+
+
+def _verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
 
 
 _RAW_COMMANDS = (
@@ -200,12 +236,59 @@ async def bench_queues(url: str, count: int, ticks: int) -> None:
     print(f"  same 8 cmds/queue, bare RESP {resp_floor * 1000:6.1f} ms   ratio {tick / resp_floor:.2f}x  (info)")
 
 
+def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
+    """The real scheduler polling ``count`` targets (/health + /metrics) every ``interval_s`` into SQLite."""
+    served = start_targets(count)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fleetdeck-bench-scale-") as tmp:
+            targets = [
+                InstanceTarget(f"bench/i{i}", "bench", f"http://127.0.0.1:{p}", "/health", "/metrics", 5.0)
+                for i, p in enumerate(served.ports)
+            ]
+            config = parse_config(
+                {"state_dir": f"{tmp}/run", "store": {"url": f"sqlite:///{tmp}/fd.db"},
+                 "services": [{"name": "web", "command": "true {port} {instance_id}",
+                               "ports": {"start": 20000, "end": 20010}}],
+                 "collectors": {"instances_s": interval_s, "timeout_s": 5}},
+                base_dir=Path(tmp),
+            )  # fmt: skip
+            store = Store(config.store_url)
+            collector = InstanceCollector(fixed_targets=targets, max_connections=min(count, 1024))
+            scheduler = CollectorScheduler(config, store, collectors=[collector], intervals={"instances": interval_s})
+            cpu, wall = time.process_time(), time.perf_counter()
+            scheduler.start()
+            rss_samples = []
+            try:
+                end = time.monotonic() + duration_s
+                while time.monotonic() < end:
+                    time.sleep(1.0)
+                    rss_samples.append(rss_mb())
+            finally:
+                scheduler.stop()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            ups = [x for x in store.latest(metric="up", source="instance") if x.value == 1]
+            store.close()
+    finally:
+        served.stop()
+    cycles, skipped, late, _lag = scheduler.schedule_counts.get("instances", [0, 0, 0, 0.0])
+    expected = count * int(duration_s // interval_s)
+    print(f"scale: {count} targets (/health + /metrics) every {interval_s:g}s for {duration_s:g}s, real scheduler")
+    print(f"  runs started {int(cycles):,} (about {expected:,} expected), skipped {int(skipped):,}, late (>1 s)"
+          f" {int(late):,}  {_verdict(skipped == 0)}")  # fmt: skip
+    print(f"  targets up at the end {len(ups):,}/{count:,}; collector process CPU {cpu / wall * 100:.0f}% of one core")
+    print(f"  collector RSS {statistics.median(rss_samples):.0f} MB median, peak {peak_rss_mb():.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--queues", type=int, default=200)
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--redis", default=os.environ.get("FLEETDECK_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--prometheus-window", type=float, default=20.0, help="seconds of Prometheus scraping; 0 skips")
+    parser.add_argument("--scale", type=int, default=0, help="also run the real scheduler on this many targets")
+    parser.add_argument("--scale-interval", type=float, default=10.0)
+    parser.add_argument("--scale-seconds", type=float, default=45.0)
     args = parser.parse_args()
     try:
         import uvloop
@@ -213,8 +296,10 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(bench_health(args.targets, args.cycles))
+    runner(bench_instances(args.targets, args.cycles, args.prometheus_window))
     runner(bench_queues(args.redis, args.queues, max(10, args.cycles * 4)))
+    if args.scale:
+        bench_scale(args.scale, args.scale_interval, args.scale_seconds)
 
 
 if __name__ == "__main__":
