@@ -266,7 +266,13 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
             finally:
                 scheduler.stop()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            ups = [x for x in store.latest(metric="up", source="instance") if x.value == 1]
+            latest_up = store.latest(metric="up", source="instance")
+            ups = [x for x in latest_up if x.value == 1]
+            errors: dict[str, int] = {}
+            for x in latest_up:
+                if x.value != 1:
+                    reason = (x.text or "?").split(" from ")[0].split(" waiting for ")[0][:60]
+                    errors[reason] = errors.get(reason, 0) + 1
             store.close()
     finally:
         served.stop()
@@ -276,6 +282,8 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
     print(f"  runs started {int(cycles):,} (about {expected:,} expected), skipped {int(skipped):,}, late (>1 s)"
           f" {int(late):,}  {_verdict(skipped == 0)}")  # fmt: skip
     print(f"  targets up at the end {len(ups):,}/{count:,}; collector process CPU {cpu / wall * 100:.0f}% of one core")
+    for reason, seen in sorted(errors.items(), key=lambda item: -item[1])[:3]:
+        print(f"    down: {seen:,} x {reason}")
     print(f"  collector RSS {statistics.median(rss_samples):.0f} MB median, peak {peak_rss_mb():.0f} MB")
 
 
@@ -289,6 +297,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=0, help="also run the real scheduler on this many targets")
     parser.add_argument("--scale-interval", type=float, default=10.0)
     parser.add_argument("--scale-seconds", type=float, default=45.0)
+    parser.add_argument("--only-scale", action="store_true", help="skip the 1,000-target and queue figures")
     args = parser.parse_args()
     try:
         import uvloop
@@ -296,8 +305,9 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(bench_instances(args.targets, args.cycles, args.prometheus_window))
-    runner(bench_queues(args.redis, args.queues, max(10, args.cycles * 4)))
+    if not args.only_scale:
+        runner(bench_instances(args.targets, args.cycles, args.prometheus_window))
+        runner(bench_queues(args.redis, args.queues, max(10, args.cycles * 4)))
     if args.scale:
         bench_scale(args.scale, args.scale_interval, args.scale_seconds)
 

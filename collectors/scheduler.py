@@ -55,6 +55,7 @@ from core.store import Store
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 1.0
+START_RATE_PER_S = 500.0  # job starts per second a collector's schedule is spread to, when its interval allows
 REFRESH_TARGETS_S = 10.0
 FLUSH_EVERY_S = 1.0
 NOTIFY_EVERY_S = 1.0  # how often due notifications are decided and sent (docs/alerts.md)
@@ -269,12 +270,18 @@ class CollectorScheduler:
             for job_id in list(self._targets):
                 if job_id not in wanted or wanted[job_id][1] != self._targets[job_id]:
                     self._remove_job(job_id)
+            per_collector: dict[str, int] = {}
+            for collector, _target in wanted.values():
+                per_collector[collector.name] = per_collector.get(collector.name, 0) + 1
             for job_id, (collector, target) in wanted.items():
                 if job_id in self._targets:
                     continue
                 interval = self.interval(collector)
-                # spread first runs over the interval so targets don't all fire in the same instant
-                first = datetime.now().astimezone() + timedelta(seconds=random.uniform(0, min(interval, 1.0)))
+                # Spread first runs so targets don't all fire in the same instant, and the runs after them with
+                # them (the phase is kept): over 1 s for a few targets (data shows up at once), over the whole
+                # interval from START_RATE_PER_S targets on: 10,000 targets in one second were 10,000 late runs.
+                spread = min(interval, max(1.0, per_collector[collector.name] / START_RATE_PER_S))
+                first = datetime.now().astimezone() + timedelta(seconds=random.uniform(0, spread))
                 self.scheduler.add_job(
                     self.collect_one,
                     "interval",
