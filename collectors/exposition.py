@@ -10,7 +10,7 @@ text, other families, their label strings — is never tokenised.
 Why searching is safe: in both formats a sample, ``# HELP`` and ``# TYPE`` line never contains a raw newline (label
 values and help texts escape it as ``\\n``), so a line that starts with a wanted name is a sample of that name.
 
-Format rules followed (docs/collectors.md, "Reading /metrics"):
+Format rules followed (docs/architecture.md, "Reading /metrics"):
 - label values unescape ``\\\\``, ``\\"`` and ``\\n``; a ``}`` or ``,`` inside quotes is part of the value;
 - the value is the first token after the name/labels: ``NaN``, ``+Inf``, ``-Inf``, prom-client's ``Nan`` and
   exponents parse; an optional timestamp after it is ignored, and so is an OpenMetrics exemplar (`` # {...} v``);

@@ -2,7 +2,8 @@
 # Installs the Debian packages a fleetdeck target needs when they are missing.
 #   scripts/ensure-system-packages.sh demo   -> nginx
 #   scripts/ensure-system-packages.sh test   -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap,
-#                                               nodejs + npm (Node BullMQ in the queue tests)
+#                                               nodejs + npm (Node BullMQ in the queue tests), poppler-utils,
+#                                               prometheus (bench_collectors.py compares against it)
 # As root on Debian/Ubuntu it runs apt-get; elsewhere it names what is missing and exits non-zero.
 set -euo pipefail
 purpose="${1:-demo}"
@@ -18,10 +19,11 @@ declare -A proof=(
   [poppler-utils]=/usr/bin/pdftotext
   [nodejs]=/usr/bin/node
   [npm]=/usr/bin/npm
+  [prometheus]=/usr/bin/prometheus
 )
 case "$purpose" in
   demo) wanted=(nginx-light) ;;
-  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils nodejs npm) ;;
+  test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils nodejs npm prometheus) ;;
   *) echo "usage: $0 demo|test" >&2; exit 2 ;;
 esac
 
@@ -44,4 +46,9 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts the system nginx on port 80 after installing it; fleetdeck runs its own master instead.
 if [ -e /run/nginx.pid ] && [[ " ${missing[*]} " == *" nginx-light "* ]]; then
   /usr/sbin/nginx -s quit 2>/dev/null || true
+fi
+# Debian's prometheus package enables a system service listening on every interface (:9090); the benchmark runs
+# its own instance on loopback only, so the system one is stopped and disabled.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi

@@ -226,3 +226,21 @@ def test_dead_replica_is_polled_down_and_a_removed_one_writes_nothing(tmp_path: 
     assert alerts["instance_down/web/web-1"].value == 1
     assert "instance_down/web/web-2" not in alerts
     store.close()
+
+
+def test_text_fields_are_capped_and_unusable_json_is_a_fail_with_its_reason() -> None:
+    long_version = normalise_health(200, "application/json", json.dumps({"status": "ok", "version": "v" * 100_000}))
+    assert long_version.status == "pass" and long_version.version == "v" * 256
+    assert len(long_version.raw) == 16_384
+    many = {"status": "ok", "checks": {f"c{i}" + "x" * 300: [{"status": "pass"}] for i in range(500)}}
+    capped = normalise_health(200, "application/health+json", json.dumps(many))
+    assert len(capped.checks) == 100 and max(len(name) for name in capped.checks) == 200
+    assert normalise_health(200, "application/json", '{"status": "ok", "version": {"nested": 1}}').version is None
+    broken = normalise_health(200, "application/json; charset=utf-8", '{"status": "ok",')
+    assert broken.status == "fail" and broken.reason is not None and "does not parse" in broken.reason
+    not_utf8 = normalise_health(200, "application/json", b'{"status": "ok", "v": "\xff"}')
+    assert not_utf8.status == "fail" and "not UTF-8" in (not_utf8.reason or "")
+    deep = normalise_health(200, "application/json", "[" * 50_000 + "]" * 50_000)
+    assert deep.status == "fail" and "nested too deeply" in (deep.reason or "")
+    # without a JSON content type a body that merely looks like JSON stays a plain-text answer (lenient, as before)
+    assert normalise_health(200, "text/plain", "{not json").status == "pass"
