@@ -21,15 +21,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import redis.asyncio as aioredis
-from loopback_targets import measure_prometheus, peak_rss_mb, rss_mb, start_targets, stored_prometheus
+from loopback_targets import METRICS_PAGE, measure_prometheus, peak_rss_mb, rss_mb, start_targets, stored_prometheus
 
 from collectors.bullmq import BullMQCollector, RedisTarget
-from collectors.instances import InstanceCollector, InstanceTarget
+from collectors.instances import InstanceCollector, InstanceTarget, parse_prometheus
 from collectors.redis_common import RespConnection, pack
 from collectors.runner import Runner
 from collectors.scheduler import CollectorScheduler
@@ -160,6 +161,28 @@ def _ratios(ours_us: float, per_scrape_us: float, marginal_us: float, note: str)
     marginal = ours_us / marginal_us if marginal_us > 0 else float("inf")
     print(f"    ratio fleetdeck/Prometheus CPU per target: {ratio:.2f}x (goal <= 1.0x) {_verdict(ratio <= 1.0)};"
           f" vs its marginal cost {marginal:.2f}x (stretch <= 1.0x) {_verdict(marginal <= 1.0)}  [{note}]")  # fmt: skip
+
+
+def bench_parse(rounds: int = 300) -> None:
+    """/metrics parsing alone on the prom-client page: our reader against prometheus_client's (the old path)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = METRICS_PAGE.read_text()
+
+    def best_of(parse: Callable[[], object]) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(rounds):
+                parse()
+            best = min(best, (time.perf_counter() - started) / rounds)
+        return best
+
+    ours = best_of(lambda: parse_prometheus(text))
+    reference = best_of(lambda: [s for family in text_string_to_metric_families(text) for s in family.samples])
+    print(f"/metrics parsing, prom-client page ({len(text.splitlines())} lines), best of 5 x {rounds}:")
+    print(f"  collectors.exposition {ours * 1e6:7.1f} us   prometheus_client parser {reference * 1e6:7.1f} us"
+          f"   ratio {ours / reference:.3f}x")  # fmt: skip
 
 
 def _verdict(met: bool) -> str:
@@ -308,6 +331,7 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     if not args.only_scale:
+        bench_parse()
         runner(bench_instances(args.targets, args.cycles, args.prometheus_window))
         runner(bench_queues(args.redis, args.queues, max(10, args.cycles * 4)))
     if args.scale:

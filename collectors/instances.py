@@ -296,6 +296,11 @@ KEPT_FAMILIES = (
     "http_request_duration_seconds_count",
     "http_requests_total",
 )
+_FALLBACK_FAMILIES = {  # fallback -> the family preferred over it
+    "eventloop_lag_seconds": "nodejs_eventloop_lag_seconds",
+    "http_requests_total": "http_request_duration_seconds_count",
+}
+_PREFERRED_FAMILIES = tuple(name for name in KEPT_FAMILIES if name not in _FALLBACK_FAMILIES)
 
 
 def parse_prometheus(text: str, deadline: float | None = None) -> PromReading:
@@ -307,7 +312,13 @@ def parse_prometheus(text: str, deadline: float | None = None) -> PromReading:
     histogram_requests = counter_requests = 0.0
     histogram_5xx = counter_5xx = 0.0
     seen_histogram = seen_counter = False
-    for sample in scan(text, KEPT_FAMILIES, deadline=deadline):
+    # the fallbacks (the other lag name, the plain counter) are only looked for when the preferred one is absent
+    samples = scan(text, _PREFERRED_FAMILIES, deadline=deadline)
+    found = {sample.name for sample in samples}
+    fallbacks = [name for name, preferred in _FALLBACK_FAMILIES.items() if preferred not in found]
+    if fallbacks:
+        samples += scan(text, fallbacks, deadline=deadline)
+    for sample in samples:
         name = sample.name
         if name == "process_resident_memory_bytes":
             rss = sample.value
