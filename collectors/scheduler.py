@@ -1,4 +1,5 @@
-"""The collection schedule: APScheduler 3 BackgroundScheduler, one job per (collector, target).
+"""The collection schedule: APScheduler 3 BackgroundScheduler, one job per (collector, target) — or, from
+``SLOT_JOBS_FROM`` targets of a collector on, one job per slot of targets (see ``CollectorScheduler._grouped``).
 
 Every job has ``max_instances=1`` and ``coalesce=True`` and is bounded by the runner's timeout, so one slow target
 only ever delays itself. Collect coroutines of every collector run on ONE asyncio event loop in a dedicated
