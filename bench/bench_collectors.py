@@ -278,6 +278,17 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
                 base_dir=Path(tmp),
             )  # fmt: skip
             store = Store(config.store_url)
+            write_seconds = [0.0]
+            real_write = store.write_samples
+
+            def timed_write(samples: list[Sample]) -> int:
+                started = time.perf_counter()
+                try:
+                    return real_write(samples)
+                finally:
+                    write_seconds[0] += time.perf_counter() - started
+
+            store.write_samples = timed_write  # type: ignore[method-assign]
             collector = InstanceCollector(fixed_targets=targets, max_connections=min(count, 1024))
             scheduler = CollectorScheduler(config, store, collectors=[collector], intervals={"instances": interval_s})
             cpu, wall = time.process_time(), time.perf_counter()
@@ -296,7 +307,7 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
             errors: dict[str, int] = {}
             for x in latest_up:
                 if x.value != 1:
-                    reason = (x.text or "?").split(" from ")[0].split(" waiting for ")[0][:60]
+                    reason = (x.text or "?").split(" from ")[0].split(" 127.0.0.1")[0][:60]
                     errors[reason] = errors.get(reason, 0) + 1
             store.close()
     finally:
@@ -309,6 +320,7 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
     print(f"  targets up at the end {len(ups):,}/{count:,}; collector process CPU {cpu / wall * 100:.0f}% of one core")
     for reason, seen in sorted(errors.items(), key=lambda item: -item[1])[:3]:
         print(f"    down: {seen:,} x {reason}")
+    print(f"  store writes took {write_seconds[0] / wall * 100:.0f}% of the wall time")
     print(f"  collector RSS {statistics.median(rss_samples):.0f} MB median, peak {peak_rss_mb():.0f} MB")
 
 
