@@ -26,6 +26,7 @@ from sqlalchemy.sql import ColumnElement
 
 from core.config import StoreConfig
 from core.samples import Labels, Sample
+from core.store.bulk import execute_rows, positional_sql
 from core.store.records import (
     _HOUR,
     _IDS_PER_STATEMENT,
@@ -60,6 +61,7 @@ class TimeSeriesStore(SeriesQueries):
     def __init__(self, url: str, config: StoreConfig | None = None) -> None:
         self._series_ids: dict[tuple[str, str, str, str], int] = {}
         self._series_lock = threading.Lock()
+        self._hot_sql: tuple[str, str] | None = None
         super().__init__(url, config)
 
     # -- series ---------------------------------------------------------------------------------------------------
@@ -141,31 +143,32 @@ class TimeSeriesStore(SeriesQueries):
 
         if not rows:
             return 0
+        insert_sql, upsert_sql = self._hot_statements()
         with self._engine.begin() as conn:
-            conn.execute(
-                self._insert(sample_table).on_conflict_do_nothing(index_elements=["series_id", "ts"]),
-                [{"series_id": sid, "ts": ts, "value": value} for (sid, ts), value in rows.items()],
-            )
-            self._upsert_latest(conn, newest)
+            # straight to the driver, many rows per statement (core/store/bulk.py says why)
+            execute_rows(conn, insert_sql, [(sid, ts, value) for (sid, ts), value in rows.items()])
+            execute_rows(conn, upsert_sql, [(sid, float(s.ts), float(s.value), s.text) for sid, s in newest.items()])
             if statuses:
                 self._upsert_statuses(conn, statuses, last_ok)
         return accepted
 
-    def _upsert_latest(self, conn: Connection, newest: dict[int, Sample]) -> None:
-        stmt = self._insert(latest_table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["series_id"],
-            set_={"ts": stmt.excluded.ts, "value": stmt.excluded.value, "text": stmt.excluded.text},
-            # an older sample arriving late must not overwrite a newer latest value
-            where=stmt.excluded.ts >= latest_table.c.ts,
-        )
-        conn.execute(
-            stmt,
-            [
-                {"series_id": sid, "ts": float(s.ts), "value": float(s.value), "text": s.text}
-                for sid, s in newest.items()
-            ],
-        )
+    def _hot_statements(self) -> tuple[str, str]:
+        """(insert samples, upsert latest) as one-row SQL compiled once for this dialect, positional parameters in
+        the order (series_id, ts, value[, text])."""
+        if self._hot_sql is None:
+            insert = self._insert(sample_table).on_conflict_do_nothing(index_elements=["series_id", "ts"])
+            upsert = self._insert(latest_table)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["series_id"],
+                set_={"ts": upsert.excluded.ts, "value": upsert.excluded.value, "text": upsert.excluded.text},
+                # an older sample arriving late must not overwrite a newer latest value
+                where=upsert.excluded.ts >= latest_table.c.ts,
+            )
+            self._hot_sql = (
+                positional_sql(self._engine, insert, ["series_id", "ts", "value"]),
+                positional_sql(self._engine, upsert, ["series_id", "ts", "value", "text"]),
+            )
+        return self._hot_sql
 
     def _upsert_statuses(
         self, conn: Connection, statuses: dict[tuple[str, str], Sample], last_ok: dict[tuple[str, str], float]
