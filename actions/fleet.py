@@ -20,6 +20,7 @@ import psycopg
 from psycopg import conninfo
 
 from actions import fleet_locks, self_status
+from actions.auth import Principal
 from actions.backends import LOCAL
 from actions.backends.base import (
     DRAINING,
@@ -35,7 +36,9 @@ from actions.backends.base import (
 )
 from actions.backends.local import LocalOrchestrator
 from actions.backends.nginx import ManagedNginx, loopback_url, split_listen
+from actions.guarded import FLEET_DOWN, FLEET_UP, authorize, guarded
 from core.config import REPO_ROOT, FleetConfig, ServiceConfig, config_path
+from core.private_paths import TRAVERSE_ONLY, private_dir
 from core.process import (
     VENV_PYTHON,
     ProcessControlError,
@@ -136,7 +139,8 @@ class BackgroundProcess:
             return pid
         env = {**os.environ, "FLEETDECK_CONFIG": str(self.config_file), "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.state_path, TRAVERSE_ONLY)
+        private_dir(self.log_path.parent)
         self.spawned_at = time.monotonic()
         with self.log_path.open("ab") as handle:
             process = subprocess.Popen(
@@ -337,13 +341,21 @@ def desired_upstream(nginx: ManagedNginx, replicas: list[Replica], say: Progress
 def up(
     config: FleetConfig,
     *,
+    principal: Principal,
     config_file: Path | None = None,
     dashboard: bool = True,
     dashboard_app: Path | None = None,
     progress: Progress | None = None,
 ) -> FleetStatus:
-    say: Progress = progress or log.info
+    """Start what the config describes (idempotent); needs the fleet_up permission and is audited."""
     store = open_store(config)
+    return guarded(store, principal, FLEET_UP, "fleet", {"dashboard": dashboard},
+                   lambda: _up(config, store, config_file, dashboard, dashboard_app, progress or log.info),
+                   after=lambda state: {"services": {name: s.get("running") for name, s in state["services"].items()}})
+
+
+def _up(config: FleetConfig, store: Store, config_file: Path | None, dashboard: bool, dashboard_app: Path | None,
+        say: Progress) -> FleetStatus:
     orchestrator = LocalOrchestrator(config, store)
     nginx = ManagedNginx(config, store) if config.load_balancer else None
 
@@ -408,18 +420,19 @@ def up(
     return status(config, store=store, dashboard_app=app)
 
 
-def down(config: FleetConfig, *, progress: Progress | None = None, wait_s: float = fleet_locks.DEFAULT_WAIT_S,
-         force: bool = False) -> dict[str, Any]:
+def down(config: FleetConfig, *, principal: Principal, progress: Progress | None = None,
+         wait_s: float = fleet_locks.DEFAULT_WAIT_S, force: bool = False) -> dict[str, Any]:
     """Stop the dashboard, the standalone collector, every recorded replica (gracefully) and nginx, all by PID.
 
-    First it takes every local service's action lock: a running scale/drain/restart is waited for (up to
-    `wait_s`), then `down` refuses with FleetBusy unless `force` (actions/fleet_locks.py).
+    Needs the fleet_down permission (admin: it takes the fleet below min_healthy); a refusal is audited as a
+    refused `down`. Then it takes every local service's action lock: a running scale/drain/restart is waited for
+    (up to `wait_s`), then `down` refuses with FleetBusy unless `force` (actions/fleet_locks.py), which audits the
+    `down` from its start to its end.
     """
-    from actions.auth import cli_principal
-
     say: Progress = progress or log.info
     store = open_store(config)
-    locks = fleet_locks.DownLocks(store, cli_principal(config.auth), [s.name for s in _local_services(config)],
+    authorize(store, principal, fleet_locks.DOWN, "fleet", {"wait_s": wait_s, "force": force}, FLEET_DOWN)
+    locks = fleet_locks.DownLocks(store, principal, [s.name for s in _local_services(config)],
                                   wait_s=wait_s, force=force, say=say)
     locks.acquire()
     try:

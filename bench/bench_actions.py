@@ -32,6 +32,7 @@ from tests.support import PG_ADMIN_DSN, REDIS_URL, free_port, free_port_block, u
 from tests.support_load import PostLoad, action_fleet_config
 
 BENCHER = Principal("bench", "operator", "cli")
+BENCH = Principal("bench-harness", "admin", "cli")  # brings the fleet up and down (fleet_down needs admin)
 READINESS_POLL_S = 0.2  # LocalOrchestrator.wait_healthy's poll interval
 
 
@@ -66,7 +67,7 @@ def main() -> int:
     scale_s: list[float] = []
     boot_s: list[float] = []
     try:
-        fleet.up(config, dashboard=False)
+        fleet.up(config, principal=BENCH, dashboard=False)
         store = Store(config.store_url)
         actions = FleetActions(config, store)
         with PostLoad("127.0.0.1", lb_port, "/work/echo", rate=50, workers=5) as load:
@@ -92,7 +93,7 @@ def main() -> int:
                 load.report.instances.pop(new_id, None)  # the next run's new replica gets this id again
         report = load.report
     finally:
-        fleet.down(config)
+        fleet.down(config, principal=BENCH)
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 

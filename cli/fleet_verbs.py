@@ -24,15 +24,29 @@ def _quiet_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+EXIT_REFUSED = 3
+
+
+def _refused(verb: str, error: Exception) -> int:
+    print(f"fleetdeck {verb}: refused: {error}", file=sys.stderr)
+    print("  (the CLI acts as your OS user with the role auth.cli_roles gives it; see README.md, 'Roles')",
+          file=sys.stderr)
+    return EXIT_REFUSED
+
+
 def _up(args: argparse.Namespace) -> int:
     from actions import fleet  # lazily: keeps `fleetdeck --help` fast
+    from actions.auth import PermissionDenied, cli_principal
 
     _quiet_logging(args.verbose)
     config = load_config(args.config)
     try:
         state = fleet.up(
-            config, config_file=config_path(args.config), dashboard=not args.no_dashboard, progress=_progress
+            config, principal=cli_principal(config.auth), config_file=config_path(args.config),
+            dashboard=not args.no_dashboard, progress=_progress,
         )
+    except PermissionDenied as error:
+        return _refused("up", error)
     except FleetdeckActionError as error:
         print(f"fleetdeck up: {error}", file=sys.stderr)
         return 1
@@ -46,11 +60,15 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     from actions import fleet
+    from actions.auth import PermissionDenied, cli_principal
 
     _quiet_logging(args.verbose)
     config = load_config(args.config)
     try:
-        fleet.down(config, progress=_progress, wait_s=args.wait, force=args.force)
+        fleet.down(config, principal=cli_principal(config.auth), progress=_progress, wait_s=args.wait,
+                   force=args.force)
+    except PermissionDenied as error:
+        return _refused("down", error)
     except FleetBusy as error:
         print(f"fleetdeck down: refused: {error}", file=sys.stderr)
         return 3  # refused, like every action that finds its service busy

@@ -23,6 +23,7 @@ VERB_MODULES = (
     "cli.queue_verbs",  # queue ls|jobs|job|reasons|retry|remove|promote|pause|resume|clean|drain|obliterate
     "cli.alert_verbs",  # silence add|list|expire, notifications
     "cli.autoscale_verbs",  # autoscale status|decisions|simulate
+    "cli.audit_verbs",  # audit verify
 )
 
 Handler = Callable[[argparse.Namespace], int]

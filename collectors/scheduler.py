@@ -51,6 +51,7 @@ from collectors.registry import AnyCollector, build_collectors, interval_setting
 from collectors.runner import SELF_METRICS_EVERY_S, SELF_REGISTRY, Runner
 from collectors.self_health import BufferedWriter
 from core.config import FleetConfig
+from core.redact import redact
 from core.samples import Sample
 from core.store import Store
 
@@ -376,7 +377,7 @@ class CollectorScheduler:
         try:
             self.pending.put(await self.runner.run(collector, target))
         except Exception as error:  # the runner never raises; cancellation at shutdown lands here
-            log.warning("collect %s %s: %s", collector.name, getattr(target, "key", target), error)
+            log.warning("collect %s %s: %s", collector.name, getattr(target, "key", target), redact(error))
         finally:
             with self._schedule:
                 self._in_flight.pop(f"{collector.name}:{target.key}", None)

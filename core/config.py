@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.config_alerts import AlertsConfig
 from core.config_autoscale import AutoscalePolicy
+from core.validators import check_host, check_http_url, check_listen, check_nginx_safe_path, check_url_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "fleet.yaml"
@@ -24,6 +25,15 @@ ENV_CONFIG = "FLEETDECK_CONFIG"
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+# values that reach a rendered nginx config or a URL: validated, never escaped (core/validators.py)
+Host = Annotated[str, AfterValidator(check_host)]
+Listen = Annotated[str, AfterValidator(check_listen)]
+NginxPath = Annotated[str, AfterValidator(check_nginx_safe_path)]
+UrlPath = Annotated[str, AfterValidator(check_url_path)]
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+DockerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
 
 
 class ConfigError(Exception):
@@ -49,10 +59,10 @@ class PortRange(_Strict):
 
 
 class HealthPaths(_Strict):
-    path: str = "/health"
-    live: str = "/livez"
-    ready: str = "/readyz"
-    metrics: str | None = "/metrics"
+    path: UrlPath = "/health"
+    live: UrlPath = "/livez"
+    ready: UrlPath = "/readyz"
+    metrics: UrlPath | None = "/metrics"
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
@@ -63,10 +73,10 @@ class ServiceConfig(_Strict):
     command: str | None = None
     # docker/swarm backends: the image, or the compose project/service that owns the replicas.
     image: str | None = None
-    compose_project: str | None = None
-    compose_service: str | None = None
+    compose_project: DockerName | None = None
+    compose_service: DockerName | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     ports: PortRange
     replicas: Annotated[int, Field(ge=0)] = 3
     min_replicas: Annotated[int, Field(ge=0)] = 1
@@ -107,17 +117,17 @@ class LoadBalancerConfig(_Strict):
     # external: fleetdeck renders only the upstream include and runs reload_command.
     mode: Literal["managed", "external"] = "managed"
     service: str  # the service whose replicas form the upstream
-    listen: str = "127.0.0.1:8080"
+    listen: Listen = "127.0.0.1:8080"
     nginx_binary: str = "/usr/sbin/nginx"
-    include_path: str | None = None
+    include_path: NginxPath | None = None
     reload_command: str | None = None
     # external mode: validates the operator's nginx with the new include before reload_command runs (e.g.
     # "nginx -t", or "docker exec lb nginx -t"); a failure restores the previous include. Without it the
     # reload_command must validate by itself.
     test_command: str | None = None
-    stub_status_url: str | None = None
+    stub_status_url: HttpUrl | None = None
     access_log: str | None = None
-    plus_api_url: str | None = None
+    plus_api_url: HttpUrl | None = None
     # must stay below the app's keep-alive timeout (Node: 5 s) or POSTs get 502s
     upstream_keepalive_timeout_s: Annotated[float, Field(gt=0)] = 4.0
     upstream_keepalive: Annotated[int, Field(ge=0)] = 32
@@ -171,9 +181,9 @@ class StaticTarget(_Strict):
 
     name: str
     service: str = "static"
-    url: str  # base URL, e.g. http://127.0.0.1:3000
-    health_path: str = "/health"
-    metrics_path: str | None = "/metrics"
+    url: HttpUrl  # base URL, e.g. http://127.0.0.1:3000
+    health_path: UrlPath = "/health"
+    metrics_path: UrlPath | None = "/metrics"
 
 
 class UserConfig(_Strict):
@@ -192,10 +202,21 @@ class AuthConfig(_Strict):
     # the role each OS user gets on the CLI; '*' is everybody else
     cli_roles: dict[str, Role] = Field(default_factory=_everyone_viewer)
     oidc: bool = False  # use st.login when Streamlit's [auth] secrets are configured
+    # the role of an OIDC identity (verified email) that no auth.users entry names: none (no access) by default
+    oidc_default_role: Literal["none", "viewer"] = "none"
+    # what a visitor who has not logged in may see. Unset: viewer only while the dashboard binds a loopback
+    # address, none otherwise (docs/security.md)
+    anonymous: Literal["none", "viewer"] | None = None
+    # failed dashboard logins: after `login_free_failures` failures a user or client waits 2^n seconds (capped at
+    # login_max_delay_s) before the next attempt counts; login_lockout_failures failures lock it for lockout_s
+    login_free_failures: Annotated[int, Field(ge=0, le=100)] = 3
+    login_max_delay_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    login_lockout_failures: Annotated[int, Field(ge=1, le=1000)] = 10
+    login_lockout_s: Annotated[float, Field(ge=0, le=86400)] = 900.0
 
 
 class DashboardConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8501
     embedded_collector: bool = True  # run the scheduler inside the dashboard process
     # sessions survive a reload through a signed HttpOnly cookie (dashboard/session_cookie.py): logged out after
@@ -216,7 +237,9 @@ class PrometheusConfig(_Strict):
 
 
 class FleetConfig(_Strict):
-    state_dir: str = "run"  # pid files, logs, nginx prefix; relative to the config file
+    # pid files, logs, nginx prefix; relative to the config file. Rendered into nginx.conf, hence NginxPath; the
+    # absolute path it resolves to is checked too (the config file's directory is part of it)
+    state_dir: NginxPath = "run"
     services: Annotated[list[ServiceConfig], Field(min_length=1)]
     load_balancer: LoadBalancerConfig | None = None
     redis: list[RedisConfig] = Field(default_factory=list)
@@ -238,6 +261,11 @@ class FleetConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"service names must be unique; repeated: {', '.join(duplicates)}")
+        if self.load_balancer and self.load_balancer.mode == "managed":
+            try:
+                check_nginx_safe_path(str(self.state_path))
+            except ValueError as error:
+                raise ValueError(f"state_dir resolves to a path nginx.conf cannot hold: {error}") from None
         if self.load_balancer and self.load_balancer.service not in names:
             raise ValueError(
                 f"load_balancer.service '{self.load_balancer.service}' is not one of the services: {', '.join(names)}"

@@ -41,6 +41,7 @@ from actions.operations import (
 )
 from core.config import FleetConfig, ServiceConfig
 from core.store import Store
+from dashboard.safe_text import md, md_code
 
 # The button icon of each operation (the operations themselves come from actions.operations.OPERATIONS).
 ICONS = {DRAIN: ":material/pause_circle:", UNDRAIN: ":material/play_circle:", RESTART: ":material/restart_alt:",
@@ -122,20 +123,21 @@ def _live_status(store: Store, service: str, key: str) -> None:
         busy = describe_lock(store, service)
         status = audit.last_operation(store, service)
         if busy:
-            st.info(busy, icon=":material/hourglass_top:")
+            st.info(md(busy), icon=":material/hourglass_top:")
         started = (st.session_state.get(STARTED_KEY) or {}).get(service)
         if (started and time.time() - float(started["ts"]) < STARTED_GRACE_S
                 and (not status or status.get("op_id") != started["op_id"])):
             # the thread has not written its first status yet: the previous result must not stand in for it
-            st.info(f"**{started['action']}** {started['target']} — **starting** (op {started['op_id']})",
+            st.info(f"**{md(started['action'])}** {md(started['target'])} — **starting** (op {md(started['op_id'])})",
                     icon=":material/hourglass_top:")
             return
         if not status:
-            st.caption(f"No action has run on {service} yet.")
+            st.caption(f"No action has run on {md(service)} yet.")
             return
         state = str(status.get("state"))
-        headline = (f"**{status.get('action')}** {status.get('target')} by {status.get('who')} "
-                    f"({status.get('role')}, {status.get('via')}) — **{state}**: {status.get('message')}")
+        headline = (f"**{md(status.get('action'))}** {md(status.get('target'))} by {md(status.get('who'))} "
+                    f"({md(status.get('role'))}, {md(status.get('via'))}) — **{md(state)}**:"
+                    f" {md(status.get('message'))}")
         {"running": st.info, "ok": st.success, "noop": st.success, "failed": st.error,
          "refused": st.warning}.get(state, st.info)(headline)
         frame = progress_frame(store, str(status["op_id"]))
@@ -152,11 +154,11 @@ def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[],
     The busy check is the same lock the action takes: a plan previewed while a drain holds the service is shown,
     but its Run button stays disabled (the action would be refused anyway).
     """
-    (st.info if plan.allowed else st.error)(f"**Dry run — {plan.action} {plan.target}:** {plan.reason}")
+    (st.info if plan.allowed else st.error)(f"**Dry run — {md(plan.action)} {md(plan.target)}:** {md(plan.reason)}")
     if plan.affected:
-        st.markdown(f"Affected replicas: `{'`, `'.join(plan.affected)}`")
+        st.markdown("Affected replicas: " + ", ".join(f"`{md_code(name)}`" for name in plan.affected))
     if plan.steps:
-        st.markdown("\n".join(f"{number}. {step}" for number, step in enumerate(plan.steps, 1)))
+        st.markdown("\n".join(f"{number}. {md(step)}" for number, step in enumerate(plan.steps, 1)))
     if plan.upstream_before or plan.upstream_after:
         st.dataframe(plan_frame(plan), hide_index=True, key=f"{key}-plan")
         if plan.upstream_diff:
@@ -181,7 +183,7 @@ def _preview_and_confirm(plan: Plan, key: str, run: Callable[[str], Callable[[],
         st.session_state[STARTED_KEY] = started
         start_in_background(run(op_id), op_id)
         st.session_state.pop(PENDING_KEY, None)
-        st.toast(f"{plan.action} {plan.target} started (op {op_id})")
+        st.toast(f"{md(plan.action)} {md(plan.target)} started (op {md(op_id)})")
         st.rerun()
 
 
@@ -268,4 +270,4 @@ def _limits_control(store: Store, principal: Principal, service_config: ServiceC
     if button_col.button("Limits", key=f"{key}-limits", icon=ICONS[SET_LIMITS], disabled=not may, help=no):
         st.session_state[PENDING_KEY] = {"kind": SET_LIMITS, "target": service_config.name,
                                          "params": {"min_replicas": int(low), "max_replicas": int(high)}}
-    note_col.caption(f"Limits [{limits.min_replicas}, {limits.max_replicas}]: {limits.describe()}")
+    note_col.caption(f"Limits \\[{limits.min_replicas}, {limits.max_replicas}\\]: {md(limits.describe())}")

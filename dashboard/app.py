@@ -18,7 +18,10 @@ PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 
 
 def main() -> None:
-    st.set_page_config(page_title="fleetdeck", page_icon=":material/dns:", layout="wide")
+    # An emoji icon: the browser draws it from a data: URL. A ":material/...:" page icon makes Streamlit point the
+    # favicon at fonts.gstatic.com, and an ops console must work on an air-gapped network (docs/security.md).
+    # (Icons inside the page use the Material Symbols font Streamlit serves itself.)
+    st.set_page_config(page_title="fleetdeck", page_icon="🛰️", layout="wide")
     page = st.navigation(
         {
             "Fleet": [
@@ -42,7 +45,12 @@ def main() -> None:
         }
     )
     config = ui.fleet_config()  # a broken config stops here with the file and key named
-    auth_gate.sidebar_identity(config)
+    auth_gate.demo_password_banner(config)
+    if auth_gate.sidebar_identity(config) is None:
+        # auth.anonymous is none (the default off loopback): nothing but the login until somebody logs in
+        st.title("fleetdeck")
+        if auth_gate.login_gate(config, allow_anonymous=False) is None:
+            st.stop()
     ui.sidebar_controls()
     ui.start_embedded_collectors()
     # on every page, refreshed with the live panels: fleetdeck's own collector/store health, then dependency vs

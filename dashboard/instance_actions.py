@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from dashboard import action_panel, auth_gate, ui
+from dashboard.safe_text import md
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -38,5 +39,5 @@ def render_instance_actions(slot: DeltaGenerator, config: FleetConfig, store: St
 def render_service_actions(config: FleetConfig) -> None:
     """Scale and rolling restart for every service, one expander each."""
     for service in config.services:
-        with st.expander(f"Scale or roll **{service.name}**", icon=":material/tune:"):
+        with st.expander(f"Scale or roll **{md(service.name)}**", icon=":material/tune:"):
             action_panel.render_service_actions(config, ui.live_store(), _principal(), service.name)

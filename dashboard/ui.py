@@ -16,9 +16,12 @@ import pandas as pd
 import streamlit as st
 
 from core.config import ConfigError, FleetConfig, config_path, load_config
+from core.redact import redact, url_password
+from core.spreadsheet import neutralise_frame
 from core.store import Event, Store, StoreView, TargetStatus, open_store
 from dashboard import fault_panels, figures, queries, ranges
 from dashboard.queries import Chart, Tile
+from dashboard.safe_text import md, md_code
 from dashboard.store_cache import CachedStore
 
 RANGE_KEY = "fd_range"
@@ -57,7 +60,9 @@ def fleet_config() -> FleetConfig:
     try:
         return _config_at(path)
     except ConfigError as error:
-        st.error(f"Cannot load the configuration.\n\n```\n{error}\n```")
+        # a fenced block shows the text literally; only a fence inside it could end the block early
+        shown = redact(error)[:4000].replace("```", "'''")
+        st.error(f"Cannot load the configuration.\n\n```\n{shown}\n```")
         st.stop()
         raise  # st.stop() raises; this keeps type checkers honest
 
@@ -68,7 +73,9 @@ def store() -> StoreView:
     try:
         return _cached_store_at(str(config_path()))
     except Exception as error:  # an unreachable Postgres store must not become a stack trace
-        st.error(f"Cannot open the store at `{config.store_url}`: {error}")
+        secret = url_password(config.store_url)
+        where, why = redact(config.store_url), redact(error, (secret,) if secret else ())
+        st.error(f"Cannot open the store at `{md_code(where)}`: {md(why)}")
         st.stop()
         raise
 
@@ -220,7 +227,7 @@ def freshness(store_: StoreView, source: str, now: float, stale_after_s: float) 
     text = ranges.freshness(newest, now)
     if newest is not None and now - newest > stale_after_s:
         reason = fault_panels.stall_reason(fleet_config(), now)
-        st.warning(f"{text}: {source} collection looks stalled: {reason}.", icon=":material/schedule:")
+        st.warning(f"{md(text)}: {md(source)} collection looks stalled: {md(reason)}.", icon=":material/schedule:")
     else:
         st.caption(text)
 
@@ -241,10 +248,10 @@ def freshness_by_source(store_: StoreView, config: FleetConfig, sources: Sequenc
         return
     # absolute times too: with auto-refresh off, "2 s ago" alone would stay on screen for hours
     st.caption(f"Data as of {ranges.format_clock(max(stamps))}, drawn at {ranges.format_clock(now)}: "
-               + " · ".join(parts))
+               + md(" · ".join(parts)))
     if stalled:
-        st.warning(f"Collection looks stalled for: {', '.join(stalled)}: {fault_panels.stall_reason(config, now)}.",
-                   icon=":material/schedule:")
+        st.warning(f"Collection looks stalled for: {md(', '.join(stalled))}:"
+                   f" {md(fault_panels.stall_reason(config, now))}.", icon=":material/schedule:")
 
 
 def unreachable(statuses: Sequence[TargetStatus], now: float) -> None:
@@ -252,7 +259,9 @@ def unreachable(statuses: Sequence[TargetStatus], now: float) -> None:
     for status in statuses:
         last_ok = (f"last success {ranges.format_clock(status.last_ok_ts)} "
                    f"({ranges.format_age(now - status.last_ok_ts)})" if status.last_ok_ts else "never reached")
-        st.error(f"**{status.source} {status.target} is unreachable**: {status.error or 'no answer'} — {last_ok}",
+        st.error(f"**{md(status.source)} {md(status.target)} is unreachable**:"
+                 f" {md(redact(status.error or 'no answer'))}"
+                 f" — {last_ok}",
                  icon=":material/cloud_off:")
 
 
@@ -317,6 +326,13 @@ def status_style(value: object) -> str:
     return f"color: {STATUS_COLOURS.get(str(value), figures.RED)}; font-weight: 600"
 
 
+def csv_export(frame: pd.DataFrame) -> bytes:
+    """The table as CSV: list-valued (sparkline) columns left out, formula-like text cells neutralised."""
+    exportable = frame[[c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, list)).all()]]
+    # CRLF (RFC 4180): the csv writer then quotes any cell holding a CR or LF, so no text can break a row
+    return neutralise_frame(exportable).to_csv(index=False, lineterminator="\r\n").encode()
+
+
 def table(frame: pd.DataFrame, name: str, key: str, column_config: dict[str, Any] | None = None,
           height: int | str = "auto", formats: dict[str, str] | None = None, status_column: str | None = None
           ) -> None:
@@ -334,8 +350,7 @@ def table(frame: pd.DataFrame, name: str, key: str, column_config: dict[str, Any
     # "auto": every row visible up to ~20 (Streamlit's auto height stops at 10 and scrolls): 35 px a row + header
     pixels = min(38 + 35 * max(len(frame), 1), 740) if height == "auto" else int(height)
     st.dataframe(shown, hide_index=True, column_config=column_config, key=f"{key}-table", height=pixels)
-    exportable = frame[[c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, list)).all()]]
     st.download_button(
-        f"Download {name} (CSV)", exportable.to_csv(index=False).encode(), file_name=f"fleetdeck-{key}.csv",
+        f"Download {name} (CSV)", csv_export(frame), file_name=f"fleetdeck-{key}.csv",
         mime="text/csv", key=f"{key}-csv", icon=":material/download:",
     )

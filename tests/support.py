@@ -66,3 +66,10 @@ def wait_http(url: str, timeout_s: float = 20.0, expect_status: int | None = 200
 
 def unique_name(stem: str) -> str:
     return f"{stem}_{RUN_ID}_{uuid.uuid4().hex[:6]}"
+
+
+def cli_roles_for_this_user(role: str = "admin") -> dict[str, str]:
+    """auth.cli_roles naming the OS user running the tests (the CLI's identity is its effective uid)."""
+    import pwd
+
+    return {pwd.getpwuid(os.geteuid()).pw_name: role, "*": "viewer"}

@@ -210,7 +210,7 @@ def action_fleet_config(base_dir: str, pg_dsn: str, redis_url: str, key_prefix: 
             "worker_processes": 1,
             "worker_shutdown_timeout_s": 10,
         },
-        "auth": {"cli_roles": {"*": "operator"}},
+        "auth": {"cli_roles": {"*": "operator"}},  # tests that need `down` on the CLI name their user as admin
     }
 
 
@@ -218,12 +218,14 @@ def action_fleet_config(base_dir: str, pg_dsn: str, redis_url: str, key_prefix: 
 def running_fleet(config: FleetConfig) -> Iterator[FleetConfig]:
     """The fleet of `config` up (replicas and nginx, no dashboard), and down again whatever the test did."""
     from actions import fleet  # late: most users of this module only need the load client
+    from actions.auth import Principal
 
-    fleet.up(config, dashboard=False)
+    harness = Principal("test-harness", "admin", "cli")
+    fleet.up(config, principal=harness, dashboard=False)
     try:
         yield config
     finally:
-        fleet.down(config)
+        fleet.down(config, principal=harness)
 
 
 def written_config(base: Path, data: dict[str, Any]) -> tuple[FleetConfig, Path]:

@@ -4,6 +4,10 @@ and shows a dry-run preview with a typed confirmation for an operator; the login
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +36,19 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("FLEETDECK_CONFIG", str(path))
     return path
+
+
+def test_importing_the_audit_page_renders_nothing(tmp_path: Path) -> None:
+    """Importing a page for its helpers must not run it: it would open (and create) the configured store."""
+    store_file = tmp_path / "page-import.db"
+    config = tmp_path / "fleet.yaml"
+    config.write_text(yaml.safe_dump({"store": {"url": f"sqlite:///{store_file}"}, "services": []}))
+    env = {**os.environ, "FLEETDECK_CONFIG": str(config), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", "import dashboard.app_pages.audit"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert not store_file.exists() and not (tmp_path / "data").exists()
+    assert "ScriptRunContext" not in done.stderr  # no Streamlit call ran outside a script run
 
 
 def entry(store: Store, who: str, action: str, result: str, error: str | None = None) -> None:
@@ -81,8 +98,8 @@ def test_service_panel_previews_and_asks_for_the_typed_name(config_file: Path) -
     app.button(key="fd-svc-web-scale").click()
     app.run()
     assert not app.exception, app.exception
-    assert any("Dry run — scale web" in info.value and "start 3 replica(s): 0 → 3" in info.value
-               for info in app.info), [i.value for i in app.info]
+    shown = [re.sub(r"\\(.)", r"\1", info.value) for info in app.info]  # outside text is Markdown-escaped
+    assert any("Dry run — scale web" in text and "start 3 replica(s): 0 → 3" in text for text in shown), shown
     # scaling up is not disruptive: no typed name needed; a rolling restart of nothing is refused in the preview
     app.button(key="fd-svc-web-rolling").click()
     app.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from actions.auth import (
@@ -93,7 +95,19 @@ def test_cli_roles_by_os_user_and_wildcard() -> None:
     assert cli_principal(auth, "mallory").role == "viewer"
     assert cli_principal(AuthConfig(cli_roles={"root": "admin"}), "nobody").role == "viewer"  # no '*' → viewer
     everybody_operator = AuthConfig(cli_roles={"*": "operator"})
-    assert cli_principal(everybody_operator).role == "operator"  # the real OS user via getpass
+    assert cli_principal(everybody_operator).role == "operator"
+
+
+def test_cli_identity_is_the_effective_uid_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOGNAME/USER are the caller's to set: they must not choose the CLI's identity (nor its role)."""
+    import pwd
+
+    real = pwd.getpwuid(os.geteuid()).pw_name
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(variable, "someone-else")
+    auth = AuthConfig(cli_roles={"someone-else": "admin", "*": "viewer"})
+    principal = cli_principal(auth)
+    assert principal.name == real and principal.role == ("admin" if real == "someone-else" else "viewer")
 
 
 def test_authenticate_users() -> None:
@@ -109,7 +123,8 @@ def test_authenticate_users() -> None:
     assert authenticate(auth, "sso@example.com", "") is None
 
 
-def test_oidc_maps_email_to_role_else_viewer() -> None:
+def test_oidc_maps_verified_email_to_role_else_no_access() -> None:
     auth = AuthConfig(users=[UserConfig(name="Ops@Example.com", role="operator")])
-    assert oidc_principal(auth, "ops@example.com") == Principal("ops@example.com", "operator", "oidc")
-    assert oidc_principal(auth, "stranger@example.com").role == "viewer"
+    verified = {"email": "ops@example.com", "email_verified": True}
+    assert oidc_principal(auth, verified) == Principal("ops@example.com", "operator", "oidc")
+    assert oidc_principal(auth, {"email": "stranger@example.com", "email_verified": True}) is None

@@ -123,7 +123,8 @@ def test_per_server_counts_rates_and_rotation(tmp_path: Path) -> None:
     assert second[(f"nginx:web/127.0.0.1:{backends[0]}", "status_5xx_per_s")].value == 0
     assert second[(f"nginx:web/127.0.0.1:{backends[1]}", "server_state")].text == "draining"
     assert second[(f"nginx:web/127.0.0.1:{backends[1]}", "server_state")].value == 1
-    assert second[(f"nginx:web/127.0.0.1:{bad}", "upstream_p95_ms")].value >= 0
+    # every request of that tick reached a real backend, so its upstream time is positive and, on loopback, small
+    assert 0 < second[(f"nginx:web/127.0.0.1:{bad}", "upstream_p95_ms")].value < 5000
     assert second[("nginx:web", "requests_per_s")].value > 0
     assert second[("nginx:web", "requests_total")].value >= 30
 

@@ -6,6 +6,7 @@ Screenshots land in test-artifacts/screenshots/ (git-ignored); the main ones are
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import playwright.sync_api as playwright_sync
 import pytest
 
+from core.samples import Sample
 from core.store import Store
 from dashboard import sample_data
 from dashboard.sample_data import FleetShape
@@ -31,11 +33,17 @@ README_SHOTS = Path(REPO_ROOT) / "docs" / "screenshots"
 PAGES = {"": "Overview", "instances": "Instances", "load_balancer": "Load balancer", "queues": "Queues",
          "database": "Database", "redis": "Redis"}
 README_PAGES = {"", "instances", "queues", "database"}
+HOSTILE_QUEUE = "![pixel](http://203.0.113.9/pixel.png)"
 
 
 @pytest.fixture(scope="module")
-def dashboard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("browser")
+def dashboard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(dashboard_dir: Path) -> Iterator[str]:
+    directory = dashboard_dir
     db = directory / "fleetdeck.db"
     config = write_config(directory)  # the same store-only config the AppTest pages use
     store = Store(f"sqlite:///{db}")
@@ -83,9 +91,29 @@ def open_and_settle(page: object, url: str) -> None:
     page.wait_for_timeout(1500)  # type: ignore[attr-defined]  # plotly's resize pass after the first draw
 
 
+LOCAL_URL = re.compile(r"^(?:https?|wss?)://(?:127\.\d+\.\d+\.\d+|localhost)(?::\d+)?/|^(?:data|blob|about):")
+
+
+def refuse_external_requests(context: object) -> list[str]:
+    """Every request the pages make that would leave 127.0.0.1 is recorded and aborted (air-gapped network)."""
+    external: list[str] = []
+
+    def handle(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if LOCAL_URL.match(url):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            external.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    context.route("**/*", handle)  # type: ignore[attr-defined]
+    return external
+
+
 @pytest.mark.parametrize("path", list(PAGES))
 def test_every_page_renders_in_chromium(dashboard_url: str, browser: object, path: str) -> None:
     context = browser.new_context(viewport={"width": 1440, "height": 1000})  # type: ignore[attr-defined]
+    external = refuse_external_requests(context)
     page = context.new_page()
     try:
         open_and_settle(page, f"{dashboard_url}/{path}")
@@ -98,6 +126,7 @@ def test_every_page_renders_in_chromium(dashboard_url: str, browser: object, pat
             assert page.get_by_text("web/web-2").first.is_visible()
         if path == "":
             assert page.get_by_text("2 / 3").first.is_visible()  # instances up
+        assert external == [], f"requests leaving 127.0.0.1: {external}"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shot = SCREENSHOTS / f"{path or 'overview'}.png"
         page.screenshot(path=str(shot), full_page=True)
@@ -121,5 +150,27 @@ def test_dark_theme_follows_the_system(dashboard_url: str, browser: object) -> N
         shot = SCREENSHOTS / "overview-dark.png"
         page.screenshot(path=str(shot), full_page=True)
         shutil.copy(shot, README_SHOTS / shot.name)
+    finally:
+        context.close()
+
+
+def test_outside_strings_make_the_browser_fetch_nothing(dashboard_url: str, dashboard_dir: Path,
+                                                         browser: object) -> None:
+    """A queue named like a Markdown image (written last, so the screenshots above stay clean) is shown as text;
+    no page request leaves 127.0.0.1."""
+    hostile = f"main/bull:{HOSTILE_QUEUE}"  # nobody consumes it: the page names it in an error box
+    store = Store(f"sqlite:///{dashboard_dir / 'fleetdeck.db'}")
+    now = time.time()
+    store.write_samples([Sample("bullmq", hostile, "waiting", 3, now, "count"),
+                         Sample("bullmq", hostile, "workers", 0, now, "count")])
+    store.close()
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})  # type: ignore[attr-defined]
+    external = refuse_external_requests(context)
+    page = context.new_page()
+    try:
+        open_and_settle(page, f"{dashboard_url}/queues")
+        assert page.get_by_text(HOSTILE_QUEUE, exact=False).first.is_visible()
+        assert page.locator('img[src*="203.0.113.9"]').count() == 0
+        assert external == [], f"requests leaving 127.0.0.1: {external}"
     finally:
         context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +80,8 @@ def metrics(app: AppTest) -> dict[str, str]:
 
 
 def texts(elements: object) -> str:
-    return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
+    """The elements' text as a reader sees it (outside strings are Markdown-escaped: dashboard/safe_text.py)."""
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(e.value) for e in elements))  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------------ seeded store

@@ -22,7 +22,7 @@ from playwright.sync_api import Page, sync_playwright
 from core.config import load_config
 from core.process import pid_alive
 from core.store import Store
-from tests.support import REPO_ROOT, free_port, free_port_block
+from tests.support import REPO_ROOT, cli_roles_for_this_user, free_port, free_port_block
 
 FLEETDECK = os.path.join(REPO_ROOT, "fleetdeck")
 SCREENSHOTS = Path(REPO_ROOT) / "test-artifacts" / "screenshots"
@@ -59,6 +59,7 @@ def live_fleet(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url:
         "postgres": [{"name": "main", "dsn": pg_dsn}],
         "collectors": {"instances_s": 1, "nginx_s": 2, "bullmq_s": 2, "redis_s": 2, "postgres_s": 2},
         "dashboard": {"port": free_port(), "embedded_collector": False},
+        "auth": {"cli_roles": cli_roles_for_this_user("admin")},  # up needs an operator, down an admin
     }
     config_file = root / "fleet.yaml"
     config_file.write_text(yaml.safe_dump(data))

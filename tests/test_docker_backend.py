@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,8 @@ def compose_stack(images: list[str], docker_client: Any, pg_dsn: str, redis_pref
         "FD_DATABASE_URL": database_url,
         "FD_REDIS_URL": "redis://127.0.0.1:6379/0",
         "FD_BULLMQ_PREFIX": redis_prefix,
+        # the base file requires it (it interpolates every service); the host-network services use FD_* instead
+        "FLEETDECK_DB_PASSWORD": "unused-on-host-network",
     }
     compose = ["docker-compose", "-p", project, "-f", "docker-compose.yml", "-f", "docker-compose.hostnet.yml"]
     try:
@@ -560,6 +563,10 @@ def test_swarm_service_scaled_up_and_down(swarm: Any, pg_dsn: str, redis_prefix:
 
         live = backend.live(service)
         assert sorted(r.instance_id for r in live) == ["web-1", "web-3"]
+        # the tasks kept were never replaced: scaling once re-sent the spec with Swarm's defaults filled in, so
+        # Swarm rolled every task over to "the new spec" and stopped web-1 under load (a 502)
+        tasks_per_slot = Counter(int(t.get("Slot") or 0) for t in swarm.services.get(name).tasks())
+        assert tasks_per_slot[1] == 1 and tasks_per_slot[3] == 1, tasks_per_slot
         assert backend.desired_replicas(backend.swarm_service(service)) == 2
         assert _upstream_states(nginx) == {r.address: UP for r in live}
         assert sorted(r.instance_id for r in store.replicas("web")) == ["web-1", "web-3"]
@@ -568,8 +575,8 @@ def test_swarm_service_scaled_up_and_down(swarm: Any, pg_dsn: str, redis_prefix:
     finally:
         ManagedNginx(config).stop()  # by the pid in its own pid file; a no-op when it never started
         swarm.services.get(name).remove()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30  # sparse below: no inspect of a container being removed (404)
         while time.monotonic() < deadline and swarm.containers.list(
-            all=True, filters={"label": f"com.docker.swarm.service.name={name}"}
+            all=True, sparse=True, filters={"label": f"com.docker.swarm.service.name={name}"}
         ):
             time.sleep(0.5)

@@ -18,7 +18,7 @@ from actions.fleet import Dashboard, ensure_database
 from core.config import load_config
 from core.process import pid_alive
 from core.store import Store
-from tests.support import PG_ADMIN_DSN, REPO_ROOT, free_port, free_port_block, unique_name
+from tests.support import PG_ADMIN_DSN, REPO_ROOT, cli_roles_for_this_user, free_port, free_port_block, unique_name
 
 FLEETDECK = os.path.join(REPO_ROOT, "fleetdeck")
 SAMPLE_APP = Path(REPO_ROOT) / "compose" / "sampleapp" / "app.py"
@@ -41,6 +41,7 @@ def write_config(tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str,
         "load_balancer": {"service": "web", "listen": f"127.0.0.1:{free_port()}", "worker_processes": 1,
                           "worker_shutdown_timeout_s": 5},
         "dashboard": {"port": free_port()},
+        "auth": {"cli_roles": cli_roles_for_this_user("admin")},  # up needs an operator, down an admin
     }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actions.proving.usl import efficiency, fit_usl, usl_throughput
+from actions.proving.usl import UslFit, efficiency, fit_usl, usl_throughput
 
 pytestmark = pytest.mark.fast  # no services: the fast tier
 
@@ -36,6 +36,12 @@ def test_linear_scaling_has_no_peak_and_efficiency_one() -> None:
     assert fit.sigma == pytest.approx(0, abs=1e-9) and fit.kappa == pytest.approx(0, abs=1e-9)
     assert fit.peak_n is None
     assert efficiency({1: 500, 2: 1000, 3: 1500}) == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_rounding_noise_kappa_is_no_peak() -> None:
+    # a linear series fitted on another machine gave κ = 6e-18: that is no retrograde region, not a peak at 4e8
+    assert UslFit(lam=500.0, sigma=0.0, kappa=6e-18, r2=1.0, points=4).peak_n is None
+    assert UslFit(lam=500.0, sigma=0.0, kappa=0.01, r2=1.0, points=4).peak_n == pytest.approx(10.0)
 
 
 def test_parameters_are_never_negative() -> None:

@@ -32,6 +32,7 @@ from actions.backends.base import (
     ReplicaUnhealthy,
 )
 from core.config import REPO_ROOT, FleetConfig, ServiceConfig
+from core.private_paths import TRAVERSE_ONLY, private_dir
 from core.process import (
     VENV_PYTHON,
     ProcessControlError,
@@ -160,7 +161,8 @@ class LocalOrchestrator:
         argv = self.render_command(service, port, instance_id)
         # SERVICE_NAME lets the app report its service in /health; the config's env wins when it sets it.
         env = {**os.environ, "SERVICE_NAME": service.name, **service.env, "PYTHONUNBUFFERED": "1"}
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.state_path, TRAVERSE_ONLY)
+        private_dir(self.log_dir)
         log_file = self.log_path(instance_id)
         with log_file.open("ab") as handle:
             handle.write(f"\n=== fleetdeck start {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())

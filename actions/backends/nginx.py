@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,8 +36,10 @@ from core.nginx_procs import (
     own_nginx_processes,
     stop_orphaned_workers,
 )
+from core.private_paths import TRAVERSE_ONLY, private_dir
 from core.process import ProcessControlError, http_get, pid_alive, proc_cmdline, terminate
 from core.store import OpsRecords
+from core.validators import check_listen
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ def loopback_url(listen: str, path: str) -> str:
     return f"http://{host}:{port}{path}"
 
 
+_COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@-]")
+
+
 def upstream_name(service: str) -> str:
     return "fleet_" + service.replace("-", "_")
 
@@ -77,11 +83,16 @@ def render_upstream(lb: LoadBalancerConfig, servers: list[UpstreamServer]) -> st
     ]
     for server in servers:
         if server.state not in UPSTREAM_STATES:
-            raise NginxError(f"unknown upstream server state '{server.state}' for {server.address}")
+            raise NginxError(f"unknown upstream server state '{server.state}' for {server.address!r}")
+        try:  # the address comes from a backend (a container's IP, a task's port): checked before it is rendered
+            check_listen(server.address)
+        except ValueError as error:
+            raise NginxError(f"refusing to render upstream server address: {error}") from None
         flag = "" if server.state == UP else " down"
+        label = _COMMENT_UNSAFE.sub("?", server.instance_id or "-")[:64]  # a newline would end the comment
         lines.append(
             f"    server {server.address} max_fails={lb.max_fails} fail_timeout={lb.fail_timeout_s}s{flag};"
-            f"  # {server.instance_id or '-'} {server.state}"
+            f"  # {label} {server.state}"
         )
     if not servers:
         # nginx rejects an upstream without servers; a `down` placeholder keeps the config valid and makes
@@ -303,7 +314,8 @@ class ManagedNginx:
         return self.master_pid() is not None
 
     def served_generation(self) -> int | None:
-        status, body = http_get(loopback_url(self.lb.listen, GENERATION_PATH), 1.0)
+        # 3 s: on a loaded 2-core machine a loopback answer can take over a second; None means "no answer"
+        status, body = http_get(loopback_url(self.lb.listen, GENERATION_PATH), 3.0)
         if status != 200:
             return None
         try:
@@ -402,15 +414,17 @@ class ManagedNginx:
         return children
 
     def _prepare_dirs(self) -> None:
-        for sub in ("logs", "tmp"):
-            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.state_path, TRAVERSE_ONLY)
+        private_dir(self.prefix, TRAVERSE_ONLY)
+        private_dir(self.prefix / "logs")
+        private_dir(self.prefix / "tmp", TRAVERSE_ONLY)  # nginx makes its own 0700 temp dirs for its workers
 
     # -- files
 
     @contextlib.contextmanager
     def _apply_lock(self) -> Iterator[None]:
         """Serialize applies across processes (a drain in the dashboard and a scale on the CLI)."""
-        self.prefix.mkdir(parents=True, exist_ok=True)
+        self._prepare_dirs()
         with (self.prefix / "apply.lock").open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -483,7 +497,10 @@ class ManagedNginx:
     def _apply_managed(self, servers: list[UpstreamServer], generation: int, previous_gen: int) -> ApplyResult:
         self._prepare_dirs()
         files: dict[str, Path | str] = {name: self.prefix / name for name in MANAGED_FILES}
-        was_running = self.is_running()
+        master = self.master_pid()
+        was_running = master is not None
+        # the workers serving before this apply: verification waits until each has stopped accepting
+        retired = set(self._children_of(master)) if master else set()
         previous = self._install(files, self.render_files(servers, generation))
         ok, output = self.validate()
         if not ok:
@@ -498,7 +515,7 @@ class ManagedNginx:
             self._restore(files, previous)
             warning = self._reload_quietly(previous_gen if was_running else None)
             return self._failed(f"could not start/reload nginx: {error}{warning}", servers, previous_gen, True)
-        served = self._wait_generation(generation)
+        served = self._wait_generation(generation, retired)
         if served != generation:
             self._restore(files, previous)
             warning = self._reload_quietly(previous_gen if was_running else None)
@@ -524,11 +541,25 @@ class ManagedNginx:
         served = self._wait_generation(previous_gen)
         return "" if served == previous_gen else f"; WARNING: after the rollback nginx serves generation {served}"
 
-    def _wait_generation(self, generation: int, confirmations: int = 4) -> int | None:
-        """Poll the marker until `generation` answers on several fresh connections in a row.
+    def _still_accepting(self, retired: set[int]) -> list[int]:
+        """Workers of the previous generation that have not begun their graceful shutdown yet.
+
+        A worker renames itself "worker process is shutting down" right before it closes its listening
+        sockets; until then it shares the listener with the new workers and may accept (and answer with the
+        old configuration) any new connection.
+        """
+        return [
+            pid for pid in retired
+            if pid_alive(pid) and "shutting down" not in " ".join(proc_cmdline(pid) or ["shutting down"])
+        ]
+
+    def _wait_generation(self, generation: int, retired: set[int] | None = None, confirmations: int = 4) -> int | None:
+        """Poll until every retired worker stopped accepting and `generation` answers on fresh connections.
 
         Right after a reload the previous workers may still accept a connection or two before they close
-        their listeners, so one matching answer is not proof that the new configuration is the one serving.
+        their listeners, so a matching answer alone is not proof that only the new configuration serves:
+        the old workers' own state is checked too (that is what makes a later request certain to be served
+        by the new generation), and the answer must repeat on several fresh connections.
         """
         deadline = time.monotonic() + self.verify_timeout_s
         streak = 0
@@ -536,7 +567,7 @@ class ManagedNginx:
         while time.monotonic() < deadline:
             served = self.served_generation()
             streak = streak + 1 if served == generation else 0
-            if streak >= confirmations:
+            if streak >= confirmations and not self._still_accepting(retired or set()):
                 return served
             time.sleep(0.02 if streak else 0.05)
         return None if served == generation else served  # not confirmed in time: not live

@@ -160,8 +160,7 @@ class SwarmOrchestrator:
         for attempt in range(1, attempts + 1):
             swarm_service = self.swarm_service(service)
             try:
-                if not swarm_service.scale(replicas):
-                    raise BackendError(f"swarm refused to scale '{swarm_service.name}' to {replicas}")
+                self._update_replicas(swarm_service, replicas)
                 return
             except docker.errors.APIError as error:
                 if "out of sequence" in str(error) and attempt < attempts:
@@ -171,6 +170,24 @@ class SwarmOrchestrator:
                 raise BackendError(f"cannot scale '{swarm_service.name}' to {replicas}: {error}") from None
             except docker.errors.DockerException as error:
                 raise BackendError(f"cannot scale '{swarm_service.name}' to {replicas}: {error}") from None
+
+    def _update_replicas(self, swarm_service: Service, replicas: int) -> None:
+        """Send the service's spec back exactly as stored, with only the replica count changed.
+
+        Not docker-py's `Service.scale()`: it reads the spec with Swarm's defaults filled in and sends that, so the
+        task template differs from the one the running tasks were made from, and Swarm rolls every existing task
+        over to "the new spec" — stopping replicas nginx still sends requests to (a scale-down then cost a 502,
+        and a scale-up replaced the tasks it was meant to keep). `docker service scale` sends the stored spec too.
+        """
+        spec = swarm_service.attrs["Spec"]
+        mode = {key: dict(value) if isinstance(value, dict) else value for key, value in spec["Mode"].items()}
+        mode["Replicated"]["Replicas"] = replicas
+        self.client.api.update_service(
+            swarm_service.id, swarm_service.attrs["Version"]["Index"], name=spec["Name"], labels=spec.get("Labels"),
+            mode=mode, task_template=spec["TaskTemplate"], update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"),
+            fetch_current_spec=False,
+        )
 
     def start(self, service: ServiceConfig) -> Replica:
         """Scale up by one and return the new slot's replica once its task runs (not yet healthy)."""
@@ -233,6 +250,14 @@ class SwarmOrchestrator:
                 f"swarm kept {instance_id} (its container exited {exit_code}) and removed another slot instead"
                 f" ({sorted(remaining)} remain);"
                 " use restart_policy condition on-failure so a stopped task is not restarted"
+            )
+        expected = {self.instance_id(service, int(t.get("Slot") or 0)) for t in tasks} - {instance_id}
+        if remaining != expected:
+            # not a silent success: the other replicas are not all running as they were (nginx may point at one
+            # that is gone), so the operator has to look
+            raise BackendError(
+                f"after removing {instance_id} swarm runs {sorted(remaining)}, not {sorted(expected)}:"
+                " another task was stopped or replaced meanwhile"
             )
         if self.store is not None:
             self.store.remove_replica(service.name, instance_id)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from core.spreadsheet import neutralise_row
 from core.store import Fact
 
 LEVELS: tuple[str, ...] = ("Bronze", "Silver", "Gold")
@@ -202,12 +203,14 @@ FACT_COLUMNS = ("run_id", "rule", "level", "target", "time_utc", "ts", "status",
 
 
 def facts_csv(facts: Iterable[Fact]) -> str:
-    """CSV of facts, evidence as compact JSON; RFC 4180 quoting so spreadsheets open it as is."""
+    """CSV of facts, evidence as compact JSON; RFC 4180 quoting so spreadsheets open it as is, and no cell that a
+    spreadsheet would evaluate as a formula (core/spreadsheet.py: targets and observations come from outside)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(FACT_COLUMNS)
     for fact in facts:
-        writer.writerow([fact.run_id, fact.rule, fact.level, fact.target,
-                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fact.ts)), f"{fact.ts:.3f}",
-                         fact.status, fact.observed, json.dumps(fact.evidence, sort_keys=True, default=str)])
+        writer.writerow(neutralise_row([
+            fact.run_id, fact.rule, fact.level, fact.target, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fact.ts)),
+            f"{fact.ts:.3f}", fact.status, fact.observed, json.dumps(fact.evidence, sort_keys=True, default=str),
+        ]))
     return buffer.getvalue()

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from actions.auth import require
+from actions.guarded import START_TEST, STOP_TEST, authorize, guarded
 from core.config import FleetConfig
 from core.store import RecordsReader, Store
 
@@ -61,12 +61,19 @@ def list_runs(store: RecordsReader, limit: int = 50, kind: str | None = None) ->
     return runs
 
 
-def request_cancel(store: Store, run_id: str, who: str = "") -> None:
-    """Ask a run to stop (any process); its owner notices within ~0.3 s and restores what it changed."""
-    store.put_kv(cancel_key(run_id), {"by": who, "ts": time.time()})
-    entry = _threads.get(run_id)
-    if entry:
-        entry[1].set()
+def request_cancel(store: Store, run_id: str, principal: Any) -> None:
+    """Ask a run to stop (any process); its owner notices within ~0.3 s and restores what it changed.
+
+    Needs the stop_test permission; the request (or its refusal) is audited.
+    """
+
+    def ask() -> None:
+        store.put_kv(cancel_key(run_id), {"by": principal.name, "ts": time.time()})
+        entry = _threads.get(run_id)
+        if entry:
+            entry[1].set()
+
+    guarded(store, principal, STOP_TEST, f"test/{run_id}", {"run_id": run_id}, ask)
 
 
 def _register(store: Store, run_id: str) -> None:
@@ -142,8 +149,14 @@ def execute(config: FleetConfig, store: Store, principal: Any, kind: str, params
     """
     if kind not in KINDS:
         raise ValueError(f"unknown test kind {kind!r}; known: {', '.join(KINDS)}")
-    require(principal, "start_test")
     run_id = run_id or new_run_id(kind)
+    return guarded(store, principal, START_TEST, f"test/{run_id}", {"kind": kind, "run_id": run_id, **params},
+                   lambda: _execute(config, store, principal, kind, params, run_id, cancel, echo),
+                   after=lambda doc: {"state": doc.get("state"), "passed": doc.get("passed")})
+
+
+def _execute(config: FleetConfig, store: Store, principal: Any, kind: str, params: dict[str, Any], run_id: str,
+             cancel: threading.Event | None, echo: Any) -> dict[str, Any]:
     cancel = cancel or threading.Event()
     recorder = Recorder(store, run_id, kind, params, getattr(principal, "name", str(principal)))
     done = threading.Event()
@@ -171,10 +184,10 @@ def execute(config: FleetConfig, store: Store, principal: Any, kind: str, params
 
 def start(config: FleetConfig, store: Store, principal: Any, kind: str, params: dict[str, Any]) -> str:
     """Starts a run in a background thread of this process and returns its id at once (role checked first)."""
-    require(principal, "start_test")
     if kind not in KINDS:
         raise ValueError(f"unknown test kind {kind!r}; known: {', '.join(KINDS)}")
     run_id = new_run_id(kind)
+    authorize(store, principal, START_TEST, f"test/{run_id}", {"kind": kind, "run_id": run_id, **params})
     cancel = threading.Event()
     thread = threading.Thread(target=execute, args=(config, store, principal, kind, params),
                               kwargs={"run_id": run_id, "cancel": cancel}, daemon=True, name=f"testrun-{run_id}")

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 _GAUSS_NEWTON_ITERATIONS = 50
+# κ below this is rounding noise of the fit (a perfectly linear series fits κ ≈ 1e-17, not 0): it would place the
+# peak beyond ~30 000 replicas, which no measured run can support, so it counts as "no retrograde region".
+KAPPA_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class UslFit:
 
     @property
     def peak_n(self) -> float | None:
-        """n* = sqrt((1−σ)/κ): the replica count of maximum throughput; None when κ = 0 (no retrograde region)."""
-        if self.kappa <= 0 or self.sigma >= 1:
+        """n* = sqrt((1−σ)/κ): the replica count of maximum throughput; None when κ ≈ 0 (no retrograde region)."""
+        if self.kappa <= KAPPA_TOLERANCE or self.sigma >= 1:
             return None
         return math.sqrt((1 - self.sigma) / self.kappa)
 

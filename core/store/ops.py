@@ -12,7 +12,9 @@ from sqlalchemy import (
     delete,
     select,
 )
+from sqlalchemy.exc import DBAPIError
 
+from core import audit_chain
 from core.store.records import (
     AuditEntry,
     Event,
@@ -23,6 +25,7 @@ from core.store.records import (
 from core.store.schema import (
     Database,
     action_lock_table,
+    audit_head_table,
     audit_table,
     event_table,
     fact_table,
@@ -30,6 +33,10 @@ from core.store.schema import (
     progress_table,
     replica_table,
 )
+
+
+class _ChainMoved(Exception):
+    """Another writer appended to the audit chain between our read of its head and our update."""
 
 
 class OpsStore(Database):
@@ -134,12 +141,51 @@ class OpsStore(Database):
     # -- audit (append-only: there is deliberately no update or delete) --------------------------------------------
 
     def append_audit(self, entry: AuditEntry) -> int:
+        """Append one row, chained to the previous one (core/audit_chain.py).
+
+        The head is advanced by compare-and-set in the same transaction as the insert, so two writers (two
+        processes) never chain to the same row: the loser sees 0 rows updated (or a busy database) and retries.
+        """
         row = entry._asdict()
         row.pop("id")
         for key in ("params", "before", "after"):
             row[key] = json.dumps(row[key] or {}, default=str, sort_keys=True)
-        with self._engine.begin() as conn:
-            return _new_id(conn.execute(audit_table.insert().values(row)))
+        row["ts"], row["duration_s"] = float(row["ts"]), float(row["duration_s"])
+        head_id = audit_head_table.c.id == 1
+        for attempt in range(50):
+            try:
+                with self._engine.begin() as conn:
+                    head = conn.execute(select(audit_head_table.c.hash).where(head_id)).scalar()
+                    previous = head or audit_chain.GENESIS
+                    new_hash = audit_chain.row_hash(previous, row)
+                    if head is None:
+                        conn.execute(self._insert(audit_head_table).values(id=1, hash=new_hash)
+                                     .on_conflict_do_nothing())
+                        advanced = conn.execute(select(audit_head_table.c.hash).where(head_id)).scalar() == new_hash
+                    else:
+                        moved = conn.execute(audit_head_table.update().where(
+                            head_id, audit_head_table.c.hash == previous).values(hash=new_hash))
+                        advanced = moved.rowcount == 1
+                    if not advanced:
+                        raise _ChainMoved  # leaves the block: the transaction rolls back
+                    values = {**row, "prev_hash": previous, "row_hash": new_hash}
+                    return _new_id(conn.execute(audit_table.insert().values(values)))
+            except _ChainMoved:
+                pass
+            except DBAPIError:  # SQLite: another writer got in between our read and write; read again
+                if attempt == 49:
+                    raise
+            time.sleep(0.01 * (attempt % 5 + 1))
+        raise RuntimeError("could not append to the audit chain: too much contention")
+
+    def audit_chain(self) -> audit_chain.ChainReport:
+        """Check the audit hash chain (every row, oldest first) against the stored head."""
+        with self._engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(select(audit_table).order_by(audit_table.c.id))]
+            head = conn.execute(select(audit_head_table.c.hash).where(audit_head_table.c.id == 1)).scalar()
+        for row in rows:
+            row["ts"], row["duration_s"] = float(row["ts"]), float(row["duration_s"])
+        return audit_chain.verify_rows(rows, head)
 
     def audit(
         self,

@@ -8,7 +8,9 @@ file (WAL + busy_timeout make it wait instead of failing).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -29,6 +31,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     literal_column,
     select,
 )
@@ -39,6 +42,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import ColumnElement
 
 from core.config import StoreConfig
+from core.private_paths import private_dir
 from core.store.records import (
     normalize_url,
 )
@@ -149,6 +153,17 @@ audit_table = Table(
     Column("result", String(32), nullable=False),
     Column("error", Text, nullable=True),
     Column("duration_s", Double, nullable=False),
+    # the hash chain (core/audit_chain.py): NULL only on rows written before the chain existed
+    Column("prev_hash", String(64), nullable=True),
+    Column("row_hash", String(64), nullable=True),
+)
+
+# one row (id 1): the hash of the newest audit row, so rows cut off the end of the chain show too
+audit_head_table = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
 )
 
 action_lock_table = Table(
@@ -201,6 +216,17 @@ kv_table = Table(
 )
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the store's directory (0700) and file (0600) before SQLite does: it would use the umask (0644).
+
+    SQLite gives its -wal and -shm files the database file's mode, so they stay private too.
+    """
+    private_dir(path.parent)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 class Database:
     """One engine and the schema of both stores. `url`: sqlite:////abs/path.db (parent dir created), postgresql://..."""
 
@@ -225,7 +251,7 @@ class Database:
             # one shared connection, or every pool connection would see its own empty database
             engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
         else:
-            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(database).expanduser().resolve())
             # check_same_thread=False: pooled connections move between APScheduler and Streamlit threads;
             # the pool hands each connection to one thread at a time.
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30.0})
@@ -247,6 +273,7 @@ class Database:
         for attempt in range(3):
             try:
                 metadata.create_all(self._engine, checkfirst=True)
+                self._add_audit_chain_columns()
                 self._create_audit_guard()
                 self._move_legacy_progress()
                 break
@@ -270,6 +297,14 @@ class Database:
                 for row in rows
             ])
             conn.execute(delete(event_table).where(e.kind == LEGACY_PROGRESS_EVENT))
+
+    def _add_audit_chain_columns(self) -> None:
+        """A store made before the audit hash chain gets its two columns (older rows stay unchained)."""
+        with self._engine.begin() as conn:
+            present = {column["name"] for column in inspect(conn).get_columns("audit")}
+            for name in ("prev_hash", "row_hash"):
+                if name not in present:
+                    conn.exec_driver_sql(f"ALTER TABLE audit ADD COLUMN {name} VARCHAR(64)")
 
     def _create_audit_guard(self) -> None:
         """Make `audit` append-only in the database too, so not even a stray SQL statement can rewrite history."""

@@ -88,4 +88,7 @@ def render() -> None:
     })
 
 
-render()
+# Streamlit runs a page as __main__; importing the module (its helpers are reused and tested) must not render
+# it, which would open the configured store (and create a SQLite file wherever that points).
+if __name__ == "__main__":
+    render()

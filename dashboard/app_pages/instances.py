@@ -8,8 +8,10 @@ import streamlit as st
 
 from actions import replica_logs
 from actions.autoscale import advice_lines
+from core.redact import redact
 from dashboard import fleet_state, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions, render_service_actions
+from dashboard.safe_text import md, md_code
 
 config = ui.fleet_config()
 store = ui.store()
@@ -41,7 +43,7 @@ def instances_panel() -> None:
         return
     # badges are real DOM text ("web/web-1 DOWN out of rotation"), so a browser test (or a human) can find a
     # dead or drained replica
-    st.markdown("  ".join(f"`{row.instance}` :{STATUS_BADGE.get(row.status, 'gray')}-badge[{row.status}]"
+    st.markdown("  ".join(f"`{md_code(row.instance)}` :{STATUS_BADGE.get(row.status, 'gray')}-badge[{md(row.status)}]"
                           f"{rotation_badge(row.rotation)}" for row in frame.itertuples()))
     ui.table(frame, "instances", "instances", status_column="status", formats={
         "latency_ms": "{:.0f} ms", "memory_mb": "{:.0f} MB", "cpu_percent": "{:.1f} %", "loop_lag_ms": "{:.1f} ms",
@@ -94,12 +96,12 @@ else:
         state = fleet_state.fleet_state(store, data.now)
         detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
         colour = STATUS_BADGE.get(detail.status, "gray")
-        st.markdown(f"**{target}** :{colour}-badge[{detail.status}]{rotation_badge(detail.rotation)}")
+        st.markdown(f"**{md(target)}** :{colour}-badge[{md(detail.status)}]{rotation_badge(detail.rotation)}")
         st.caption(ranges.freshness(detail.last_ts, data.now))
         if detail.error:
             last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
                        f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
-            st.error(f"Last error: {detail.error} — {last_ok}", icon=":material/error:")
+            st.error(f"Last error: {md(redact(detail.error))} — {last_ok}", icon=":material/error:")
         left, right = st.columns([1, 2])
         with left:
             st.markdown("**Health response**")
@@ -112,7 +114,7 @@ else:
             st.markdown("**Recent events**")
             if detail.events:
                 for event in reversed(detail.events[-10:]):
-                    st.caption(f"{ranges.format_clock(event.ts)} · {event.kind} · {event.message}")
+                    st.caption(f"{ranges.format_clock(event.ts)} · {md(event.kind)} · {md(event.message)}")
             else:
                 st.caption("No events for this instance in the range.")
         with right:

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import fault_panels, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions
+from dashboard.safe_text import md
 
 config = ui.fleet_config()
 store = ui.store()
@@ -27,7 +28,7 @@ def servers_panel() -> None:
         ui.no_data("nginx")
         return
     for target, values in totals.items():
-        st.markdown(f"**{target}**")
+        st.markdown(f"**{md(target)}**")
         ui.tiles([
             queries.Tile("Requests/s", queries.fmt(values["requests_per_s"], ".1f"), values["requests_per_s"], ""),
             queries.Tile("Active connections", queries.fmt(values["active"], ".0f"), values["active"], ""),
@@ -60,13 +61,14 @@ if upstream_conf.is_file():
     if upstream_json.is_file():
         try:
             applied = json.loads(upstream_json.read_text())
-            st.caption(f"Generation {applied.get('generation')} applied at "
+            st.caption(f"Generation {md(applied.get('generation'))} applied at "
                        f"{ranges.format_clock(applied.get('applied_at'))}")
         except (OSError, ValueError) as error:
-            st.warning(f"{upstream_json} is unreadable: {error}")
+            st.warning(f"{md(upstream_json)} is unreadable: {md(error)}")
     st.code(upstream_conf.read_text(), language="nginx")
 else:
-    st.caption(f"No rendered upstream yet ({upstream_conf} does not exist): the managed nginx writes it on start.")
+    st.caption(f"No rendered upstream yet ({md(upstream_conf)} does not exist): the managed nginx writes it on"
+               " start.")
 
 st.subheader("Take a server out of rotation")
 lb_targets = sorted(row.series.target for row in store.latest(source="instance", metric="up")

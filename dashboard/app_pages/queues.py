@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import auth_gate, queries, queue_panel, ranges, ui
 from dashboard.queue_views import md_escape
+from dashboard.safe_text import md
 
 config = ui.fleet_config()
 store = ui.store()
@@ -38,7 +39,7 @@ def queues_panel() -> None:
         if queue.workers == 0:
             badge = ":red-badge[no workers]"
         else:
-            badge = f":green-badge[{queue.workers} worker{'s' if queue.workers != 1 else ''}]"
+            badge = f":green-badge[{md(queue.workers)} worker{'s' if queue.workers != 1 else ''}]"
         paused = " :gray-badge[paused]" if queue.paused else ""
         badges.append(f"{md_escape(queue.queue)} {badge}{paused}")
     st.markdown("  ".join(badges))

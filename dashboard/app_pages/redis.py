@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import figures, queries, ui
+from dashboard.safe_text import md
 
 config = ui.fleet_config()
 store = ui.store()
@@ -23,9 +24,9 @@ def redis_panel() -> None:
         return
     for target in targets:
         view = queries.redis_view(store, target, data.window)
-        st.subheader(target)
+        st.subheader(md(target))
         if view.policy_ok is False:
-            st.warning(f"maxmemory-policy is **{view.policy or 'not noeviction'}**: BullMQ needs `noeviction`, "
+            st.warning(f"maxmemory-policy is **{md(view.policy or 'not noeviction')}**: BullMQ needs `noeviction`, "
                        "otherwise Redis may evict queue keys and jobs vanish.", icon=":material/warning:")
         ui.tiles(view.tiles, per_row=3)
         if view.used_memory is not None and view.maxmemory:

@@ -14,6 +14,7 @@ import streamlit as st
 from actions.auth import allowed
 from actions.proving import load_tables, report, testruns
 from dashboard import auth_gate, ui
+from dashboard.safe_text import md, md_code
 
 config = ui.fleet_config()
 store = ui.store()
@@ -50,11 +51,11 @@ with st.expander("Start a test", expanded=not testruns.list_runs(store, limit=1)
         st.caption("Scales the service to 1, 2, …, N through the audited actions, runs the same load at each step, "
                    "then restores the current replica count (also on cancel or failure).")
     if st.button("Start", type="primary", disabled=not may_run, icon=":material/play_arrow:",
-                 help=None if may_run else f"needs the operator role (you are {principal.role})"):
+                 help=None if may_run else f"needs the operator role (you are {md(principal.role)})"):
         try:
             st.session_state[SELECTED_KEY] = testruns.start(config, ui.live_store(), principal, kind, params)
         except Exception as error:  # refused, bad parameters: say so, don't crash the page
-            st.error(f"Could not start: {error}")
+            st.error(f"Could not start: {md(error)}")
 
 
 def _selected_run() -> dict | None:
@@ -74,9 +75,10 @@ def live_panel() -> None:
     running = doc["state"] == "running"
     head, button = st.columns([4, 1])
     verdict = "" if doc.get("passed") is None else (" · :green[pass]" if doc["passed"] else " · :red[not passed]")
-    head.markdown(f"**{doc['kind']}** run `{doc['run_id']}` by {doc.get('who', '?')} — **{doc['state']}**{verdict}")
+    head.markdown(f"**{md(doc['kind'])}** run `{md_code(doc['run_id'])}` by {md(doc.get('who', '?'))}"
+                  f" — **{md(doc['state'])}**{verdict}")
     if running and button.button("Cancel", icon=":material/stop:", disabled=not allowed(principal, "stop_test")):
-        testruns.request_cancel(ui.live_store(), doc["run_id"], principal.name)
+        testruns.request_cancel(ui.live_store(), doc["run_id"], principal)
     st.progress(float(doc.get("progress") or 0.0), text=doc.get("message") or "")
     if running and time.time() - doc.get("updated_at", 0) > 30:
         st.warning("No progress for 30 s: the process running this test may have stopped.")
@@ -99,8 +101,8 @@ def live_panel() -> None:
         frame = pd.DataFrame(result["steps"])[["replicas", "throughput", "p95_ms", "efficiency", "generator_cpu",
                                                "in_fit", "errors"]]
         st.dataframe(frame, hide_index=True)
-        st.caption(f"restored to {result.get('original_replicas')} replica(s): {result.get('restored')}"
-                   f" — {result.get('restore_detail')}")
+        st.caption(f"restored to {md(result.get('original_replicas'))} replica(s): {md(result.get('restored'))}"
+                   f" — {md(result.get('restore_detail'))}")
     if doc.get("error"):
         st.error(doc["error"])
 

@@ -6,6 +6,7 @@ page only picks a run and shows what those return.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pandas as pd
@@ -16,11 +17,21 @@ from actions.proving import report, scorecard
 from actions.proving.readiness import RUN_PREFIX
 from actions.proving.scaling import latest_scaling_run
 from dashboard import auth_gate, readiness_preview, ui
+from dashboard.safe_text import md
 
 # Words in a coloured cell, not emoji: a machine without an emoji font shows those as empty boxes.
 STATUS_LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "unknown": "UNKNOWN"}
 STATUS_CELL = {"PASS": "#1a7f37", "WARN": "#b7791f", "FAIL": "#cf222e", "UNKNOWN": "#6e7781"}
 
+
+# one Chromium render at a time in this dashboard process (shared by every session: a module-level lock would be
+# re-created on each script run, so it lives in Streamlit's resource cache)
+@st.cache_resource
+def _pdf_render_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+PDF_RENDER = _pdf_render_lock()
 
 config = ui.fleet_config()
 store = ui.store()
@@ -69,7 +80,7 @@ st.dataframe(table.style.map(lambda v: f"color: {STATUS_CELL.get(str(v), 'inheri
 
 with st.expander("Evidence", icon=":material/search:"):
     for result in card.results:
-        st.markdown(f"**{result.rule.title}** — {result.status}")
+        st.markdown(f"**{md(result.rule.title)}** — {md(result.status)}")
         st.json(result.evidence, expanded=False)
 
 left, right = st.columns(2)
@@ -86,14 +97,24 @@ csv_col.download_button("Facts (CSV)", scorecard.facts_csv(facts), f"{run_id}.cs
 html_text = report.render_html(card, facts, runs, scaling_run)
 html_col.download_button("Report (HTML)", html_text, f"{run_id}.html", "text/html", icon=":material/description:")
 pdf_key = f"fd_pdf_{run_id}"
+logged_in = auth_gate.current_principal() is not None
 if pdf_key not in st.session_state:
-    if pdf_col.button("Prepare PDF", icon=":material/picture_as_pdf:"):
-        with st.spinner("printing with headless Chromium…"):
+    # each render launches a Chromium: only for logged-in users, and one at a time per dashboard process
+    if pdf_col.button("Prepare PDF", icon=":material/picture_as_pdf:", disabled=not logged_in,
+                      help=None if logged_in else "log in to render a PDF"):
+        if not logged_in:
+            st.error("Log in to render a PDF.")
+        elif not PDF_RENDER.acquire(blocking=False):
+            st.warning("Another PDF is being rendered; try again in a moment.")
+        else:
             try:
-                st.session_state[pdf_key] = report.pdf_bytes(html_text)
+                with st.spinner("printing with headless Chromium…"):
+                    st.session_state[pdf_key] = report.pdf_bytes(html_text)
+                st.rerun()
             except report.PdfError as error:
-                st.error(str(error))
-        st.rerun()
+                st.error(md(error))
+            finally:
+                PDF_RENDER.release()
 else:
     pdf_col.download_button("Report (PDF)", st.session_state[pdf_key], f"{run_id}.pdf", "application/pdf",
                             icon=":material/picture_as_pdf:")
