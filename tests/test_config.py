@@ -30,7 +30,15 @@ def error_of(data: object, source: str = "fleet.yaml") -> str:
     return str(caught.value)
 
 
-def test_the_shipped_configs_load() -> None:
+def test_the_shipped_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Compose config has no default database password: docker-compose.yml passes the URLs in, built from
+    # FLEETDECK_DB_PASSWORD; without them the config names the missing variable
+    for name in ("FLEETDECK_DATABASE_URL", "FLEETDECK_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="FLEETDECK_DATABASE_URL"):
+        load_config(COMPOSE)
+    monkeypatch.setenv("FLEETDECK_DATABASE_URL", "postgresql://fleetdeck:pw@postgres:5432/fleetdeck")
+    monkeypatch.setenv("FLEETDECK_STORE_URL", "postgresql+psycopg://fleetdeck:pw@postgres:5432/fleetdeck")
     demo = load_config(DEMO)
     web = demo.service("web")
     assert (web.replicas, web.min_replicas, web.max_replicas) == (3, 1, 8)
