@@ -79,6 +79,11 @@ def metrics(app: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in app.metric}
 
 
+def raw_texts(elements: object) -> str:
+    """The elements' Markdown source, escapes included."""
+    return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
+
+
 def texts(elements: object) -> str:
     """The elements' text as a reader sees it (outside strings are Markdown-escaped: dashboard/safe_text.py)."""
     return re.sub(r"\\(.)", r"\1", "\n".join(str(e.value) for e in elements))  # type: ignore[attr-defined]
@@ -162,10 +167,10 @@ def test_queues_page(open_page: Callable[[Path, str], AppTest], normal_config: P
     assert counts[("main/bull:emails", "waiting")] == 7
     assert counts[("main/bull:reports", "failed")] == 1
     assert all(len(t) > 10 for t in frame["trend"])  # sparkline history, not just the last value
-    badges = texts(app.markdown)
+    badges = raw_texts(app.markdown)
     assert "main/bull\\:reports :red-badge[no workers]" in badges  # the queue name Markdown-escaped
     assert "main/bull\\:emails :green-badge[2 workers]" in badges
-    assert "main/bull\\:reports" in texts(app.error) and "no worker" in texts(app.error)
+    assert "main/bull\\:reports" in raw_texts(app.error) and "no worker" in texts(app.error)
     app.selectbox(key="fd_queue").set_value("main/bull:reports").run()
     assert not app.exception
 
