@@ -27,6 +27,7 @@ from tests.support_collector import wait_for
 from tests.support_load import PostLoad, action_fleet_config
 
 OPERATOR = Principal("test-operator", "operator", "cli")
+HARNESS = Principal("test-harness", "admin", "cli")  # brings the fleet up and down (down needs admin)
 WINDOW_S = 15.0
 
 
@@ -49,7 +50,7 @@ def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_n
                                  "metrics_max_age": "6s", "pause_after_manual": "10m"}}
     config = parse_config(data, "test", tmp_path)
     store = Store(config.store_url)
-    fleet.up(config, dashboard=False)
+    fleet.up(config, principal=HARNESS, dashboard=False)
     started = time.time()
     try:
         start_embedded(config, store)
@@ -105,7 +106,7 @@ def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_n
         assert latest_decision(store, "web")["why_not"] == record["why_not"]
     finally:
         stop_embedded()
-        fleet.down(config)
+        fleet.down(config, principal=HARNESS)
         store.close()
 
 
@@ -138,7 +139,7 @@ def test_backlog_policy_scales_workers_on_a_real_bullmq_backlog(tmp_path: Path, 
         finally:
             await queue.close()
 
-    fleet.up(config, dashboard=False)
+    fleet.up(config, principal=HARNESS, dashboard=False)
     try:
         assert live(store, "worker") == 1
         asyncio.run(enqueue(150))  # 1 job at a time per worker, 4 s each: the backlog stays for minutes
@@ -154,5 +155,5 @@ def test_backlog_policy_scales_workers_on_a_real_bullmq_backlog(tmp_path: Path, 
         assert steps == [3, 4]  # max_step_up 2, then the max bound
     finally:
         stop_embedded()
-        fleet.down(config)
+        fleet.down(config, principal=HARNESS)
         store.close()
