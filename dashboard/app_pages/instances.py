@@ -58,7 +58,7 @@ def instances_panel() -> None:
 
 instances_panel()
 for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
-    st.caption(line)
+    st.caption(md(line))  # service names and stored decision texts: shown as text
 render_service_actions(config)
 
 def render_log(target: str) -> None:
