@@ -48,6 +48,7 @@ from core.process import (
     tail,
     terminate,
 )
+from core.redact import redact, url_password
 from core.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -541,7 +542,9 @@ def status_without_store(config: FleetConfig, error: BaseException) -> dict[str,
         nginx_status["process"] = ManagedNginx(config).process_state()
     processes = _own_processes(config, None, board, standalone, nginx_status)
     heartbeat = self_status.collector_heartbeat(config)
-    store_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+    secret = url_password(config.store_url)
+    store_error = redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                         (secret,) if secret else ())[:300]
     problems = [f"store {config.store_url.split('@')[-1]}: cannot be opened — {store_error}"]
     problems += [f"{p['name']}{' pid ' + str(p['pid']) if p['pid'] else ''}: {p['state']} — {p['detail']}"
                  for p in processes if p["problem"]]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.heartbeat import health_path
+from core.redact import redact
 from core.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class BufferedWriter:
             try:
                 self.store.write_samples(chunk)
             except Exception as error:  # the store's problem must never stop collection
-                self.last_error = f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT]
+                # shown on the dashboard and written to the heartbeat file: no password (core/redact.py)
+                self.last_error = redact(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
                 self.last_error_ts = time.time()
                 log.error("writing %d samples failed, %d kept for later: %s",
                           len(chunk), len(self.backlog), self.last_error)
