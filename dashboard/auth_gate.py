@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -58,7 +59,7 @@ def demo_password_banner(config: FleetConfig) -> None:
                  icon=":material/gpp_bad:")
 
 
-def _record_login(config: FleetConfig, via: str) -> object:
+def _record_login(config: FleetConfig, via: str) -> Callable[[str, bool, str, str], None]:
     def record(user: str, ok: bool, reason: str, role: str) -> None:
         from actions.guarded import record_login
         from dashboard import ui
