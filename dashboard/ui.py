@@ -32,6 +32,7 @@ STALE_INTERVALS = 4.0
 _collector_lock = threading.Lock()
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------- cached resources
@@ -69,10 +70,16 @@ def fleet_config() -> FleetConfig:
 
 def store() -> StoreView:
     """The store behind a shared read cache: the read-only view the pages get (writes go through the actions)."""
-    config = fleet_config()
+    fleet_config()  # a broken file stops the page with its message first
+    return _opened_or_stop(lambda: _cached_store_at(str(config_path())))
+
+
+def _opened_or_stop(opener: Callable[[], T]) -> T:
+    """The opened store; an unreachable one stops the page with a message that names it, password hidden."""
     try:
-        return _cached_store_at(str(config_path()))
+        return opener()
     except Exception as error:  # an unreachable Postgres store must not become a stack trace
+        config = fleet_config()
         secret = url_password(config.store_url)
         where, why = redact(config.store_url), redact(error, (secret,) if secret else ())
         st.error(f"Cannot open the store at `{md_code(where)}`: {md(why)}")
@@ -83,7 +90,7 @@ def store() -> StoreView:
 def live_store() -> Store:
     """The store without the read cache, for actions: their locks and progress must be read fresh."""
     fleet_config()  # a broken file stops the page with its message first
-    return _store_at(str(config_path()))
+    return _opened_or_stop(lambda: _store_at(str(config_path())))
 
 
 @st.cache_resource(show_spinner=False)
