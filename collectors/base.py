@@ -12,16 +12,22 @@ A collector is a class with:
   On success the first two samples are ``up`` (1) and ``latency_ms`` for ``target.key``;
 - ``async aclose()``: release connections.
 
+Every collector class derives from :class:`CollectorBase`: its constructor takes the config, the shared network
+clients (collectors/clients.py: built once by the scheduler or ``collect --once`` and injected; a collector made
+without them makes its own and closes them in ``aclose``) and optional fixed targets (tests, benchmarks).
+
 Every collect is a coroutine so all network I/O of all collectors shares one event loop (one thread, see
-scheduler.py). Blocking libraries are not used inside collect: redis.asyncio, psycopg's AsyncConnection, aiohttp and
-collectors/http_client.py are.
+scheduler.py). Blocking libraries are not used inside collect: redis.asyncio (and
+collectors/redis_common.py's RESP connection), psycopg's AsyncConnection and collectors/http_client.py are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+from collectors.clients import CollectorClients
+from core.config import FleetConfig
 from core.samples import Labels, Sample
 
 
@@ -90,6 +96,39 @@ class Collector(Protocol[T]):
     async def collect(self, target: T) -> list[Sample]: ...
 
     async def aclose(self) -> None: ...
+
+
+class CollectorBase(Generic[T]):
+    """What every collector is constructed from: its config, the shared clients, optional fixed targets.
+
+    ``targets``/``collect`` stay each collector's own; ``aclose`` releases the collector's own state
+    (:meth:`release`) and closes the clients only when the collector made them itself.
+    """
+
+    # set by each collector class (plain annotations, as the Collector protocol declares them)
+    name: str
+    source: str
+    registry: MetricRegistry
+
+    def __init__(
+        self,
+        config: FleetConfig | None = None,
+        clients: CollectorClients | None = None,
+        fixed_targets: Sequence[T] | None = None,
+        own_clients: Callable[[], CollectorClients] = CollectorClients,
+    ) -> None:
+        self.config = config
+        self.fixed_targets = list(fixed_targets) if fixed_targets is not None else None
+        self.owns_clients = clients is None
+        self.clients = clients if clients is not None else own_clients()
+
+    async def release(self) -> None:
+        """Drop what this collector holds besides the shared clients (sessions, file handles)."""
+
+    async def aclose(self) -> None:
+        await self.release()
+        if self.owns_clients:
+            await self.clients.aclose()
 
 
 ERROR_TEXT_LIMIT = 500

@@ -12,14 +12,13 @@ plus the configured queue names. See docs/design-notes.md#redis-and-bullmq for t
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec, rate
+from collectors.clients import CollectorClients
 from collectors.redis_common import RespConnection, RespError, pack
 from core.config import FleetConfig, RedisConfig
 from core.samples import Sample
@@ -187,7 +186,7 @@ _GAUGES = tuple(
 )  # fmt: skip
 
 
-class BullMQCollector:
+class BullMQCollector(CollectorBase[RedisTarget]):
     name = "bullmq"
     source = SOURCE
     registry = REGISTRY
@@ -198,16 +197,15 @@ class BullMQCollector:
         fixed_targets: list[RedisTarget] | None = None,
         discovery_interval_s: float | None = None,
         timeout_s: float | None = None,
+        clients: CollectorClients | None = None,
     ) -> None:
-        self.config = config
-        self.fixed_targets = fixed_targets
+        super().__init__(config, clients, fixed_targets)
         self.discovery_interval_s = (
             discovery_interval_s
             if discovery_interval_s is not None
             else (config.collectors.queue_discovery_s if config else 60.0)
         )
         self.timeout_s = timeout_s if timeout_s is not None else (config.collectors.timeout_s if config else 4.0)
-        self._clients: dict[str, tuple[Any, RespConnection]] = {}
         self._discovered: dict[str, tuple[float, _Plan]] = {}
         self._previous: dict[tuple[str, str], tuple[float, float]] = {}  # (queue target, metric) -> (value, ts)
         self._last_tick_ms: dict[str, int] = {}
@@ -220,12 +218,7 @@ class BullMQCollector:
         return targets_from_config(self.config) if self.config else []
 
     def _client(self, target: RedisTarget) -> RespConnection:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(target.key)
-        if cached is None or cached[0] is not loop:  # a connection belongs to the loop that opened it
-            cached = (loop, RespConnection(target.url, self.timeout_s))
-            self._clients[target.key] = cached
-        return cached[1]
+        return self.clients.resp(target.key, target.url, self.timeout_s)
 
     async def discover(self, client: RespConnection, target: RedisTarget) -> list[tuple[str, str]]:
         """(prefix, queue) pairs: configured queues plus SCAN results; names may contain ':'."""
@@ -371,9 +364,3 @@ class BullMQCollector:
             if per_s is not None:
                 out.append(sample(key, metric, per_s, ts))
         return out
-
-    async def aclose(self) -> None:
-        for _loop, client in self._clients.values():
-            with contextlib.suppress(Exception):  # closing a dead connection must not mask anything
-                await client.aclose()
-        self._clients.clear()

@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from actions.backends import DOCKER
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec
+from collectors.clients import CollectorClients
 from core.config import FleetConfig, ServiceConfig
 from core.samples import Sample
 
@@ -44,13 +45,16 @@ def docker_services(config: FleetConfig) -> list[ServiceConfig]:
     return [s for s in config.services if s.backend == DOCKER]
 
 
-class ContainerCollector:
+class ContainerCollector(CollectorBase[ContainerTarget]):
+    """Talks to the Docker daemon through the backend's SDK client, not the shared network clients."""
+
     name = "containers"
     source = SOURCE
     registry = REGISTRY
+    config: FleetConfig  # always given: its targets are the config's Docker services
 
-    def __init__(self, config: FleetConfig, store: Any = None) -> None:
-        self.config = config
+    def __init__(self, config: FleetConfig, store: Any = None, clients: CollectorClients | None = None) -> None:
+        super().__init__(config, clients)
         self.store = store
         self._backend: DockerOrchestrator | None = None
 
@@ -76,7 +80,7 @@ class ContainerCollector:
         return [REGISTRY.sample(target.key, UP.name, 1, ts), REGISTRY.sample(target.key, LATENCY.name, latency_ms, ts),
                 *samples]
 
-    async def aclose(self) -> None:
+    async def release(self) -> None:
         if self._backend is not None:
             self._backend.client.close()
         self._backend = None

@@ -18,14 +18,14 @@ share the target's deadline, every text field kept is capped, and a JSON health 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, TargetGone, rate
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec, TargetGone, rate
+from collectors.clients import HTTP_MAX_IN_FLIGHT, CollectorClients
 from collectors.exposition import scan
 from collectors.http_client import HttpClient, HttpConnectError, HttpError, HttpTimeoutError
 from core.config import FleetConfig
@@ -370,9 +370,6 @@ class InstanceTarget(NamedTuple):
 # within one or two intervals (docs/architecture.md, "Replica states on the dashboard"). `stopped` replicas were
 # removed on purpose and are not polled.
 _POLLED_STATES = ("starting", "running", "draining", "dead")
-_REQUEST_HEADERS = {"User-Agent": "fleetdeck-collector", "Accept": "application/health+json, application/json"}
-
-
 def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any]] | None) -> list[InstanceTarget]:
     """Replicas of every service from the store's registry (not stopped) plus the static targets."""
     found: list[InstanceTarget] = []
@@ -406,7 +403,7 @@ def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any
     return found
 
 
-class InstanceCollector:
+class InstanceCollector(CollectorBase[InstanceTarget]):
     name = "instances"
     source = SOURCE
     registry = REGISTRY
@@ -415,15 +412,13 @@ class InstanceCollector:
         self,
         config: FleetConfig | None = None,
         store: Any = None,
-        max_connections: int = 256,
+        max_connections: int = HTTP_MAX_IN_FLIGHT,  # the HTTP client's in-flight bound, when it makes its own
         fixed_targets: list[InstanceTarget] | None = None,
+        clients: CollectorClients | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, clients, fixed_targets,
+                         own_clients=lambda: CollectorClients(http_max_in_flight=max_connections))
         self.store = store
-        self.max_connections = max_connections
-        self.fixed_targets = fixed_targets
-        self._http: HttpClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
         self._cpu_previous: dict[str, tuple[float, float]] = {}
         # (target, metric) -> (monotonic time written, what it said): see _changed_or_due
         self._text_written: dict[tuple[str, str], tuple[float, str]] = {}
@@ -444,16 +439,8 @@ class InstanceCollector:
             return []
         return discover_targets(self.config, self.store.replicas if self.store is not None else None)
 
-    def _client(self) -> HttpClient:
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            # connections belong to the loop that opened them: a new loop (CLI run, restarted scheduler) starts over
-            self._http = HttpClient(headers=_REQUEST_HEADERS, max_in_flight=self.max_connections)
-            self._http_loop = loop
-        return self._http
-
     async def collect(self, target: InstanceTarget) -> list[Sample]:
-        client = self._client()
+        client = self.clients.http()
         ts = time.time()
         started = time.perf_counter()
         # one deadline for both requests and the parsing: a target costs at most its timeout, whatever it sends
@@ -561,9 +548,3 @@ class InstanceCollector:
         if prom.requests_5xx_total is not None:
             out.append(sample(key, "requests_5xx_total", prom.requests_5xx_total, ts))
         return out
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        self._http = None
-        self._http_loop = None

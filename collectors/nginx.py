@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-import aiohttp
-
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec, rate
+from collectors.clients import CollectorClients
 from core.config import FleetConfig
 from core.nginx_procs import describe, own_nginx_processes
 from core.samples import Sample
@@ -292,16 +291,14 @@ def plus_upstreams_url(base: str) -> str:
     return base + "/9/http/upstreams"
 
 
-class NginxCollector:
+class NginxCollector(CollectorBase[NginxTarget]):
     name = "nginx"
     source = SOURCE
     registry = REGISTRY
 
-    def __init__(self, config: FleetConfig | None = None, fixed_targets: list[NginxTarget] | None = None) -> None:
-        self.config = config
-        self.fixed_targets = fixed_targets
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, config: FleetConfig | None = None, fixed_targets: list[NginxTarget] | None = None,
+                 clients: CollectorClients | None = None) -> None:
+        super().__init__(config, clients, fixed_targets)
         self._tailers: dict[str, LogTailer] = {}
         self._previous: dict[tuple[str, str], tuple[float, float]] = {}
         self._last_tick: dict[str, float] = {}
@@ -311,16 +308,10 @@ class NginxCollector:
             return list(self.fixed_targets)
         return targets_from_config(self.config) if self.config else []
 
-    def _client(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=30))
-            self._session_loop = loop
-        return self._session
-
     async def _get(self, url: str, timeout_s: float) -> tuple[int, str]:
-        async with self._client().get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            return response.status, await response.text()
+        # the shared bounded client (collectors/clients.py): a runaway status page cannot eat the collector's memory
+        response = await self.clients.http().get(url, timeout_s)
+        return response.status, response.text()
 
     def _rate(self, key: str, metric: str, value: float, ts: float) -> float | None:
         state = (key, metric)
@@ -430,10 +421,7 @@ class NginxCollector:
                         out.append(sample(server_key, "failed_attempts", float(fails) - previous[0], ts))
         return out
 
-    async def aclose(self) -> None:
+    async def release(self) -> None:
         for tailer in self._tailers.values():
             tailer.close()
         self._tailers.clear()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec
+from collectors.clients import CollectorClients
 from core.config import FleetConfig
 from core.samples import Sample, labels_of
 
@@ -92,7 +93,7 @@ def targets_from_config(config: FleetConfig) -> list[PostgresTarget]:
     return [PostgresTarget(f"postgres:{pg.name}", pg.name, pg.dsn, pg.pgbouncer_dsn) for pg in config.postgres]
 
 
-class PostgresCollector:
+class PostgresCollector(CollectorBase[PostgresTarget]):
     name = "postgres"
     source = SOURCE
     registry = REGISTRY
@@ -102,9 +103,9 @@ class PostgresCollector:
         config: FleetConfig | None = None,
         fixed_targets: list[PostgresTarget] | None = None,
         timeout_s: float | None = None,
+        clients: CollectorClients | None = None,
     ) -> None:
-        self.config = config
-        self.fixed_targets = fixed_targets
+        super().__init__(config, clients, fixed_targets)
         self.timeout_s = timeout_s if timeout_s is not None else (config.collectors.timeout_s if config else 4.0)
         self._connections: dict[str, psycopg.AsyncConnection[Any]] = {}
 
@@ -117,7 +118,7 @@ class PostgresCollector:
         conn = self._connections.get(target.key)
         if conn is not None and not conn.closed and not conn.broken:
             return conn
-        conn = await psycopg.AsyncConnection.connect(
+        conn = await self.clients.connect_postgres(
             target.dsn,
             autocommit=True,
             application_name=MONITOR_APPLICATION,
@@ -194,7 +195,7 @@ class PostgresCollector:
         sample = REGISTRY.sample
         out: list[Sample] = []
         async with (
-            await psycopg.AsyncConnection.connect(
+            await self.clients.connect_postgres(
                 target.pgbouncer_dsn,
                 autocommit=True,
                 connect_timeout=max(1, int(self.timeout_s)),
@@ -228,6 +229,6 @@ class PostgresCollector:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def aclose(self) -> None:
+    async def release(self) -> None:
         for key in list(self._connections):
             await self._drop(key)

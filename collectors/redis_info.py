@@ -5,16 +5,14 @@ Which fields and why: docs/design-notes.md#redis-and-bullmq.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from collectors.base import LATENCY, UP, MetricRegistry, MetricSpec, rate
+from collectors.base import LATENCY, UP, CollectorBase, MetricRegistry, MetricSpec, rate
 from collectors.bullmq import RedisTarget, targets_from_config
-from collectors.redis_common import make_client
+from collectors.clients import CollectorClients
 from core.config import FleetConfig
 from core.samples import Sample, labels_of
 
@@ -70,7 +68,7 @@ def info_samples(key: str, info: dict[str, Any], ts: float, previous_ops: tuple[
     return out
 
 
-class RedisInfoCollector:
+class RedisInfoCollector(CollectorBase[RedisTarget]):
     name = "redis"
     source = SOURCE
     registry = REGISTRY
@@ -80,11 +78,10 @@ class RedisInfoCollector:
         config: FleetConfig | None = None,
         fixed_targets: list[RedisTarget] | None = None,
         timeout_s: float | None = None,
+        clients: CollectorClients | None = None,
     ) -> None:
-        self.config = config
-        self.fixed_targets = fixed_targets
+        super().__init__(config, clients, fixed_targets)
         self.timeout_s = timeout_s if timeout_s is not None else (config.collectors.timeout_s if config else 4.0)
-        self._clients: dict[str, tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = {}
         self._previous_ops: dict[str, tuple[float, float]] = {}
 
     def targets(self) -> list[RedisTarget]:
@@ -93,12 +90,7 @@ class RedisInfoCollector:
         return targets_from_config(self.config, key_prefix="redis:") if self.config else []
 
     def _client(self, target: RedisTarget) -> aioredis.Redis:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(target.key)
-        if cached is None or cached[0] is not loop:
-            cached = (loop, make_client(target.url, self.timeout_s))
-            self._clients[target.key] = cached
-        return cached[1]
+        return self.clients.redis(target.key, target.url, self.timeout_s)
 
     async def collect(self, target: RedisTarget) -> list[Sample]:
         key = target.key  # "redis:<name>"
@@ -111,9 +103,3 @@ class RedisInfoCollector:
         if "total_commands_processed" in info:
             self._previous_ops[target.key] = (float(info["total_commands_processed"]), ts)
         return out
-
-    async def aclose(self) -> None:
-        for _loop, client in self._clients.values():
-            with contextlib.suppress(Exception):
-                await client.aclose()
-        self._clients.clear()

@@ -1,6 +1,7 @@
 """The collectors, listed once: which exist, when a fleet wants them, how often they run.
 
-The scheduler and `fleetdeck collect --once` build their collectors from this list; nothing else names them.
+The scheduler and `fleetdeck collect --once` build their collectors from this list; nothing else names them. They
+are all built with the same network clients (collectors/clients.py), made once by the caller and injected.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, NamedTuple
 
 from actions.backends import DOCKER
 from collectors.base import Collector
+from collectors.clients import CollectorClients
 from core.config import CollectorIntervals, FleetConfig
 from core.store import Store
 
@@ -17,40 +19,40 @@ from core.store import Store
 AnyCollector = Collector[Any]
 
 
-def _containers(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _containers(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.containers import ContainerCollector  # imports the Docker SDK: only when needed
 
-    return ContainerCollector(config, store)
+    return ContainerCollector(config, store, clients=clients)
 
 
-def _instances(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _instances(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.instances import InstanceCollector
 
-    return InstanceCollector(config, store)
+    return InstanceCollector(config, store, clients=clients)
 
 
-def _nginx(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _nginx(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.nginx import NginxCollector
 
-    return NginxCollector(config)
+    return NginxCollector(config, clients=clients)
 
 
-def _bullmq(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _bullmq(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.bullmq import BullMQCollector
 
-    return BullMQCollector(config)
+    return BullMQCollector(config, clients=clients)
 
 
-def _redis(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _redis(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.redis_info import RedisInfoCollector
 
-    return RedisInfoCollector(config)
+    return RedisInfoCollector(config, clients=clients)
 
 
-def _postgres(config: FleetConfig, store: Store | None) -> AnyCollector:
+def _postgres(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
     from collectors.postgres import PostgresCollector
 
-    return PostgresCollector(config)
+    return PostgresCollector(config, clients=clients)
 
 
 def _always(config: FleetConfig) -> bool:
@@ -63,7 +65,7 @@ def _has_docker_services(config: FleetConfig) -> bool:
 
 class CollectorEntry(NamedTuple):
     name: str  # the collector's `name`
-    build: Callable[[FleetConfig, Store | None], AnyCollector]
+    build: Callable[[FleetConfig, Store | None, CollectorClients | None], AnyCollector]
     interval_s: Callable[[CollectorIntervals], float]  # its interval setting
     wanted: Callable[[FleetConfig], bool] = _always  # whether this fleet needs it
 
@@ -78,9 +80,11 @@ COLLECTORS: tuple[CollectorEntry, ...] = (
 )
 
 
-def build_collectors(config: FleetConfig, store: Store | None = None) -> list[AnyCollector]:
-    """A new instance of every collector this fleet wants, in registry order."""
-    return [entry.build(config, store) for entry in COLLECTORS if entry.wanted(config)]
+def build_collectors(config: FleetConfig, store: Store | None = None,
+                     clients: CollectorClients | None = None) -> list[AnyCollector]:
+    """A new instance of every collector this fleet wants, in registry order, all sharing ``clients`` (which the
+    caller closes after the collectors). Without ``clients`` each collector makes its own and closes them itself."""
+    return [entry.build(config, store, clients) for entry in COLLECTORS if entry.wanted(config)]
 
 
 def interval_setting(config: FleetConfig, collector_name: str) -> float:

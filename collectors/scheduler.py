@@ -46,6 +46,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from actions.backends.reconcile import ReplicaReconciler
 from collectors.alerts import AlertEvaluator
+from collectors.clients import CollectorClients
 from collectors.exporter import MetricsServer, SampleExporter
 from collectors.registry import AnyCollector, build_collectors, interval_setting
 from collectors.runner import SELF_METRICS_EVERY_S, SELF_REGISTRY, Runner
@@ -53,7 +54,7 @@ from collectors.self_health import BufferedWriter
 from core.config import FleetConfig
 from core.redact import redact
 from core.samples import Sample
-from core.store import Store
+from core.store import Store, TimeSeries
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,14 @@ class CollectorScheduler:
         kind: str = "embedded",
     ) -> None:
         self.config = config
-        self.store = store
+        self.store = store  # the whole store for the ops side: the replica reconcile, notifier, autoscaler
+        self.series: TimeSeries = store  # the time-series side: samples written, rolled up, retention applied
         # failed writes wait in a bounded backlog; a heartbeat file reports on the collector (self_health.py)
-        self.writer = BufferedWriter(store, config.state_path, kind)
-        self.collectors = list(collectors) if collectors is not None else build_collectors(config, store)
+        self.writer = BufferedWriter(self.series, config.state_path, kind)
+        # one set of network clients for every collector built here, closed after them (collectors/clients.py)
+        self.clients = CollectorClients()
+        self.collectors = (list(collectors) if collectors is not None
+                           else build_collectors(config, store, self.clients))
         self.reconciler = ReplicaReconciler(config, store)
         self.intervals = intervals or {}
         self.timeout_s = config.collectors.timeout_s
@@ -232,6 +237,10 @@ class CollectorScheduler:
                     self.loop_thread.run(collector.aclose(), 5)
                 except Exception as error:  # closing must finish for every collector
                     log.warning("closing %s: %s", collector.name, error)
+            try:
+                self.loop_thread.run(self.clients.aclose(), 5)
+            except Exception as error:
+                log.warning("closing the collectors' clients: %s", error)
             self.loop_thread.stop()
             self.loop_thread = None
         self.reconciler.close()
@@ -464,9 +473,9 @@ class CollectorScheduler:
     def rollup(self) -> None:
         started = time.monotonic()
         try:
-            self.store.rollup()
+            self.series.rollup()
             if time.monotonic() - self.last_retention >= RETENTION_EVERY_S:
-                self.store.apply_retention()
+                self.series.apply_retention()
                 self.last_retention = time.monotonic()
         except Exception as error:
             log.error("rollup/retention: %s", error)
@@ -499,7 +508,8 @@ def stop_embedded() -> None:
             _EMBEDDED = None
 
 
-async def _collect_all(collectors: Sequence[AnyCollector], runner: Runner) -> list[Sample]:
+async def _collect_all(collectors: Sequence[AnyCollector], runner: Runner,
+                       clients: CollectorClients | None = None) -> list[Sample]:
     try:
         results = await asyncio.gather(*(runner.run_many(c, c.targets()) for c in collectors))
     finally:
@@ -508,6 +518,8 @@ async def _collect_all(collectors: Sequence[AnyCollector], runner: Runner) -> li
                 await collector.aclose()
             except Exception as error:
                 log.warning("closing %s: %s", collector.name, error)
+        if clients is not None:  # the shared clients, after every collector that used them
+            await clients.aclose()
     return [sample for batch in results for sample in batch]
 
 
@@ -518,8 +530,9 @@ def collect_once(config: FleetConfig, store: Store | None = None,
     if store is not None:
         with ReplicaReconciler(config, store) as reconciler:
             reconciler.run()
-    chosen = list(collectors) if collectors is not None else build_collectors(config, store)
-    samples = asyncio.run(_collect_all(chosen, Runner(config.collectors.timeout_s)))
+    clients = CollectorClients() if collectors is None else None
+    chosen = list(collectors) if collectors is not None else build_collectors(config, store, clients)
+    samples = asyncio.run(_collect_all(chosen, Runner(config.collectors.timeout_s), clients))
     return samples + AlertEvaluator(config.alerts.rules).evaluate(samples)
 
 

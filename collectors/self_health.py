@@ -22,6 +22,7 @@ from typing import Any
 from core.heartbeat import health_path
 from core.redact import redact
 from core.samples import Sample
+from core.store import TimeSeries
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ ERROR_TEXT_LIMIT = 500
 class BufferedWriter:
     """Writes batches to the store through a bounded backlog, and reports on itself in a heartbeat file."""
 
-    def __init__(self, store: Any, state_dir: Path | None, kind: str,
+    def __init__(self, store: TimeSeries, state_dir: Path | None, kind: str,
                  max_backlog: int = MAX_BACKLOG_SAMPLES) -> None:
         self.store = store
         self.path = health_path(state_dir) if state_dir is not None else None

@@ -18,7 +18,7 @@ import streamlit as st
 from core.config import ConfigError, FleetConfig, config_path, load_config
 from core.redact import redact, url_password
 from core.spreadsheet import neutralise_frame
-from core.store import Event, Store, StoreView, TargetStatus, open_store
+from core.store import Event, ReadOnlyView, Store, StoreView, TargetStatus, open_store
 from dashboard import fault_panels, figures, queries, ranges
 from dashboard.queries import Chart, Tile
 from dashboard.safe_text import md, md_code
@@ -50,9 +50,10 @@ def _store_at(path: str) -> Store:
 
 
 @st.cache_resource(show_spinner=False)
-def _cached_store_at(path: str) -> CachedStore:
-    """One read cache per store for all sessions of this process (see store_cache.py)."""
-    return CachedStore(_store_at(path))
+def _cached_store_at(path: str) -> ReadOnlyView:
+    """One read cache per store for all sessions of this process (see store_cache.py), behind a view that has
+    only the read methods: a page cannot write, not even by mistake (core/store/view.py)."""
+    return ReadOnlyView(CachedStore(_store_at(path)))
 
 
 def fleet_config() -> FleetConfig:
@@ -69,7 +70,8 @@ def fleet_config() -> FleetConfig:
 
 
 def store() -> StoreView:
-    """The store behind a shared read cache: the read-only view the pages get (writes go through the actions)."""
+    """The store behind a shared read cache: the read-only view the pages get (writes go through the actions;
+    the view has no write method)."""
     fleet_config()  # a broken file stops the page with its message first
     return _opened_or_stop(lambda: _cached_store_at(str(config_path())))
 

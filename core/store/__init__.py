@@ -3,7 +3,8 @@
 - the time-series store (timeseries.py, series_query.py): series, samples, rollups, retention, queries;
 - the ops-records store (ops.py): events, action progress, replicas, audit, locks, facts, kv.
 
-Each has its protocol (protocols.py: `TimeSeries`, `OpsRecords`; `StoreView` is the dashboard's read-only view).
+Each has its protocol (protocols.py: `TimeSeries`, `OpsRecords`; `StoreView` is the dashboard's read-only view,
+which `ReadOnlyView` (view.py) enforces at run time).
 `Store` is both on one connection pool, which is what `open_store` returns: the fleet, the CLI, the collectors and
 the dashboard all open it through `open_store`, so the `store.*` settings (retention) apply everywhere.
 """
@@ -31,6 +32,7 @@ from core.store.records import (
     normalize_url,
 )
 from core.store.timeseries import TimeSeriesStore
+from core.store.view import ReadOnlyView
 
 
 class Store(TimeSeriesStore, OpsStore):
@@ -53,6 +55,7 @@ __all__ = [
     "OpsStore",
     "Point",
     "Progress",
+    "ReadOnlyView",
     "RecordsReader",
     "ReplicaRecord",
     "SeriesInfo",
