@@ -2,8 +2,8 @@
 
 `TimeSeries` is the time-series store (collectors write samples; the scheduler rolls up and applies retention),
 `OpsRecords` the ops-records store (the actions: events, replicas, audit, locks, facts, kv, progress), and
-`StoreView` the read-only view the dashboard pages get (the dashboard's CachedStore implements it; writes go
-through the actions layer, never through a page).
+`StoreView` the read-only view the dashboard pages get (view.py's `ReadOnlyView` enforces it at run time over the
+dashboard's CachedStore; writes go through the actions layer, never through a page).
 """
 
 from __future__ import annotations
