@@ -370,6 +370,8 @@ class InstanceTarget(NamedTuple):
 # within one or two intervals (docs/architecture.md, "Replica states on the dashboard"). `stopped` replicas were
 # removed on purpose and are not polled.
 _POLLED_STATES = ("starting", "running", "draining", "dead")
+
+
 def discover_targets(config: FleetConfig, replicas: Callable[[str], Iterable[Any]] | None) -> list[InstanceTarget]:
     """Replicas of every service from the store's registry (not stopped) plus the static targets."""
     found: list[InstanceTarget] = []
