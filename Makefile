@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
 
-.PHONY: demo test stop venv lint bench status node-helper
+.PHONY: demo demo-express express-app test stop venv lint bench status node-helper
 
 venv: $(VENV)/.requirements-installed
 
@@ -20,6 +20,18 @@ demo: venv
 	scripts/ensure-system-packages.sh demo
 	./fleetdeck up
 
+# The Express sample app's node_modules, from its pinned lockfile (nodejs and npm come from Debian).
+EXPRESS_APP := compose/expressapp
+express-app: $(EXPRESS_APP)/node_modules/.package-lock.json
+
+$(EXPRESS_APP)/node_modules/.package-lock.json: $(EXPRESS_APP)/package-lock.json
+	cd $(EXPRESS_APP) && npm ci --no-audit --no-fund --loglevel=error
+
+demo-express: venv
+	scripts/ensure-system-packages.sh demo-express
+	$(MAKE) express-app
+	./fleetdeck --config $(EXPRESS_APP)/fleet.yaml up
+
 stop:
 	./fleetdeck down
 
@@ -29,6 +41,7 @@ status:
 test: venv
 	scripts/ensure-system-packages.sh test
 	$(MAKE) node-helper
+	$(MAKE) express-app
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -m fast

@@ -21,14 +21,16 @@ from psycopg import conninfo
 
 from actions import fleet_locks, self_status
 from actions.auth import Principal
-from actions.backends import LOCAL
+from actions.backends import LOCAL, PM2, backend_for
 from actions.backends.base import (
+    DEAD,
     DRAINING,
     LIVE_STATES,
     RUNNING,
     STOPPED,
     UP,
     BackendError,
+    FleetdeckActionError,
     FleetError,
     Replica,
     ReplicaUnhealthy,
@@ -242,11 +244,22 @@ class StandaloneCollector(BackgroundProcess):
 # --- up / down / status ------------------------------------------------------------------------------------
 
 
+PROCESS_BACKENDS = (LOCAL, PM2)
+
+
 def _local_services(config: FleetConfig) -> list[ServiceConfig]:
-    others = [s.name for s in config.services if s.backend != LOCAL]
+    """The services whose processes fleetdeck runs on this machine (local backend, or PM2)."""
+    others = [s.name for s in config.services if s.backend not in PROCESS_BACKENDS]
     if others:
-        log.info("fleet up/down manage local services only; skipping %s", ", ".join(others))
-    return [s for s in config.services if s.backend == LOCAL]
+        log.info("fleet up/down manage local and pm2 services only; skipping %s", ", ".join(others))
+    return [s for s in config.services if s.backend in PROCESS_BACKENDS]
+
+
+def orchestrator_for(config: FleetConfig, store: Store, service: ServiceConfig) -> LocalOrchestrator:
+    """The process orchestrator of a local or pm2 service (the PM2 one is a LocalOrchestrator too)."""
+    orchestrator = backend_for(service, config, store)
+    assert isinstance(orchestrator, LocalOrchestrator), f"{service.backend} is not a process backend"
+    return orchestrator
 
 
 def desired_replicas(store: Store, service: ServiceConfig) -> int:
@@ -268,28 +281,53 @@ def desired_replicas(store: Store, service: ServiceConfig) -> int:
 def _start_replicas(
     orchestrator: LocalOrchestrator, service: ServiceConfig, desired: int, say: Progress
 ) -> list[Replica]:
+    """Start the missing replicas and wait for every one of them; raise FleetError naming each replica that did not
+    become healthy (with the end of its log) when fewer than `desired` end up healthy.
+
+    A replica that fails is stopped (with its whole process group), so a failed `up` leaves only healthy replicas
+    behind, which a second `up` adopts.
+    """
     live = orchestrator.live(service)
     missing = max(0, desired - len(live))
     say(f"{service.name}: {len(live)} replica(s) running, starting {missing}")
-    started = [orchestrator.start(service) for _ in range(missing)]
-    for replica in started:
+    failures: list[str] = []
+    started: list[Replica] = []
+    for _ in range(missing):
+        try:
+            replica = orchestrator.start(service)
+        except FleetdeckActionError as error:
+            failures.append(f"  could not start a replica: {error}")
+            break
+        started.append(replica)
         say(f"  {replica.instance_id}: pid {replica.pid} on {replica.address}")
     # Adopted replicas still marked `starting` (a previous `up` was interrupted) are waited for as well.
     waiting = started + [r for r in live if r.state == "starting"]
-    for position, replica in enumerate(waiting):
+    for replica in waiting:
         try:
             orchestrator.wait_healthy(service, replica)
         except ReplicaUnhealthy as error:
-            # Stop it and every replica not verified yet: a failed `up` leaves only healthy replicas behind
-            # (a second `up` adopts those), never half-started ones.
-            for unverified in waiting[position:]:
-                orchestrator.stop(service, unverified.instance_id, grace_s=2.0)
-            raise FleetError(
-                f"{error}; it was stopped. Last lines of {orchestrator.log_path(replica.instance_id)}:\n"
-                f"{error.log_tail or '(empty log)'}"
-            ) from None
+            failures.append(_unhealthy_report(orchestrator, service, replica, error))
+            continue
         say(f"  {replica.instance_id}: healthy")
-    return orchestrator.live(service)
+    healthy = [r for r in orchestrator.live(service) if r.state in (RUNNING, DRAINING)]
+    if failures or len(healthy) < desired:
+        gone = [r.instance_id for r in orchestrator.list(service) if r.state == DEAD]
+        if gone:
+            failures.append(f"  replica(s) {', '.join(gone)} exited after start-up")
+        raise FleetError(f"{service.name}: {len(healthy)} of {desired} replica(s) healthy\n" + "\n".join(failures))
+    return healthy
+
+
+def _unhealthy_report(orchestrator: LocalOrchestrator, service: ServiceConfig, replica: Replica,
+                      error: ReplicaUnhealthy) -> str:
+    """One failed replica: why, the end of its log, and whether stopping it worked."""
+    stopped = "it was stopped"
+    try:
+        orchestrator.stop(service, replica.instance_id, grace_s=2.0)
+    except FleetdeckActionError as stop_error:
+        stopped = f"stopping it failed: {stop_error}"
+    log_lines = "\n".join(f"    {line}" for line in (error.log_tail or "(empty log)").splitlines())
+    return f"  {error}; {stopped}. Last lines of {orchestrator.log_path(replica.instance_id)}:\n{log_lines}"
 
 
 def drained_flags(nginx: ManagedNginx, replicas: list[Replica], say: Progress | None = None) -> dict[str, str]:
@@ -333,7 +371,11 @@ def desired_upstream(nginx: ManagedNginx, replicas: list[Replica], say: Progress
     same replica: see drained_flags)."""
     drained = drained_flags(nginx, replicas, say)
     servers: list[UpstreamServer] = []
+    seen: set[str] = set()
     for replica in replicas:
+        if replica.address in seen:
+            continue  # PM2 cluster mode: every instance shares one port, nginx needs it once
+        seen.add(replica.address)
         state = DRAINING if replica.state == DRAINING else drained.get(replica.address, UP)
         servers.append(UpstreamServer(replica.address, state, replica.instance_id))
     return servers
@@ -357,7 +399,6 @@ def up(
 
 def _up(config: FleetConfig, store: Store, config_file: Path | None, dashboard: bool, dashboard_app: Path | None,
         say: Progress) -> FleetStatus:
-    orchestrator = LocalOrchestrator(config, store)
     nginx = ManagedNginx(config, store) if config.load_balancer else None
 
     if nginx and not nginx.external and not nginx.is_running():
@@ -386,10 +427,12 @@ def _up(config: FleetConfig, store: Store, config_file: Path | None, dashboard: 
         if dsn and ensure_database(dsn):
             say(f"created database {conninfo.conninfo_to_dict(dsn).get('dbname')}")
         # the admin's limits may allow more replicas than the file does: the backend gets the effective bounds
-        _start_replicas(orchestrator, with_effective_limits(store, service), desired_replicas(store, service), say)
+        _start_replicas(orchestrator_for(config, store, service), with_effective_limits(store, service),
+                        desired_replicas(store, service), say)
 
     if nginx:
-        replicas = [r for r in orchestrator.list(config.service(nginx.lb.service)) if r.state in LIVE_STATES]
+        routed = config.service(nginx.lb.service)
+        replicas = [r for r in orchestrator_for(config, store, routed).list(routed) if r.state in LIVE_STATES]
         servers = desired_upstream(nginx, replicas, say)
         unchanged = nginx.current() == servers and (
             nginx.external or (nginx.is_running() and nginx.served_generation() == nginx.generation())
@@ -423,12 +466,14 @@ def _up(config: FleetConfig, store: Store, config_file: Path | None, dashboard: 
 
 def down(config: FleetConfig, *, principal: Principal, progress: Progress | None = None,
          wait_s: float = fleet_locks.DEFAULT_WAIT_S, force: bool = False) -> dict[str, Any]:
-    """Stop the dashboard, the standalone collector, every recorded replica (gracefully) and nginx, all by PID.
+    """Stop the dashboard, the standalone collector, every recorded replica (gracefully, whatever state its record
+    says) and nginx, all by PID; then any process still carrying this fleet's marker (core/replica_process.py).
 
     Needs the fleet_down permission (admin: it takes the fleet below min_healthy); a refusal is audited as a
     refused `down`. Then it takes every local service's action lock: a running scale/drain/restart is waited for
     (up to `wait_s`), then `down` refuses with FleetBusy unless `force` (actions/fleet_locks.py), which audits the
-    `down` from its start to its end.
+    `down` from its start to its end. Raises FleetError naming whatever could not be stopped, after trying
+    everything else.
     """
     say: Progress = progress or log.info
     store = open_store(config)
@@ -441,25 +486,50 @@ def down(config: FleetConfig, *, principal: Principal, progress: Progress | None
     except Exception as error:
         locks.finish({}, f"{type(error).__name__}: {error}")
         raise
-    locks.finish(summary)
+    failed = "; ".join(summary["failed"]) or None
+    locks.finish(summary, failed)
+    if failed:
+        raise FleetError("could not stop:\n" + "\n".join(f"  {line}" for line in summary["failed"]))
     return summary
 
 
 def _down_locked(config: FleetConfig, store: Store, say: Progress) -> dict[str, Any]:
-    summary: dict[str, Any] = {"dashboard": False, "collector": False, "replicas": [], "nginx": False}
+    summary: dict[str, Any] = {"dashboard": False, "collector": False, "replicas": [], "strays": [], "nginx": False,
+                               "failed": []}
     summary["dashboard"] = Dashboard(config).stop()
     say(f"dashboard: {'stopped' if summary['dashboard'] else 'was not running'}")
     summary["collector"] = StandaloneCollector(config).stop()
     say(f"collector: {'stopped' if summary['collector'] else 'was not running'}")
     orchestrator = LocalOrchestrator(config, store)
     for service in _local_services(config):
-        for replica in orchestrator.list(service):
+        backend = orchestrator_for(config, store, service)
+        for replica in backend.list(service):
             # said first, for every replica: an action still waiting on one (a forced down) sees it is stopping
-            orchestrator.mark(service, replica.instance_id, STOPPED)
-        for replica in orchestrator.list(service):
-            orchestrator.stop(service, replica.instance_id)
+            backend.mark(service, replica.instance_id, STOPPED)
+        for replica in backend.list(service):
+            try:
+                backend.stop(service, replica.instance_id)
+            except FleetdeckActionError as error:
+                summary["failed"].append(f"{service.name}/{replica.instance_id}: {error}")
+                say(f"{service.name}: could not stop {replica.instance_id}: {error}")
+                continue
             summary["replicas"].append(replica.instance_id)
             say(f"{service.name}: stopped {replica.instance_id} ({replica.state})")
+    if any(s.backend == PM2 for s in config.services):
+        from actions.backends.pm2 import Pm2Orchestrator
+
+        try:
+            if Pm2Orchestrator(config, store).kill_daemon():
+                say("pm2: daemon stopped")
+        except FleetdeckActionError as error:
+            summary["failed"].append(f"pm2 daemon: {error}")
+    strays = orchestrator.stop_strays()
+    summary["strays"] = strays.signalled
+    if strays.signalled:
+        say(f"stopped {len(strays.signalled)} process(es) of this fleet that no replica record accounted for:"
+            f" pid(s) {', '.join(map(str, strays.signalled))} ({strays.outcome})")
+    if strays.survivors:
+        summary["failed"].append(f"pid(s) {', '.join(map(str, strays.survivors))} survived SIGKILL")
     if config.load_balancer and config.load_balancer.mode == "managed":
         nginx = ManagedNginx(config, store)
         orphans = nginx.process_state()["orphaned_workers"]
@@ -472,7 +542,8 @@ def _down_locked(config: FleetConfig, store: Store, say: Progress) -> dict[str, 
         dropped = forget_drained_servers(nginx)
         if dropped:
             say(f"nginx: dropped the drained flag of {', '.join(dropped)} (its replica was stopped)")
-    store.add_event("fleet.down", "fleet", "fleet is down", summary)
+    store.add_event("fleet.down", "fleet", "fleet is down" if not summary["failed"] else "fleet down incomplete",
+                    summary)
     return summary
 
 
@@ -483,8 +554,8 @@ def status(config: FleetConfig, *, store: Store | None = None, dashboard_app: Pa
     for service in config.services:
         desired = desired_replicas(store, service)
         entry: dict[str, Any] = {"backend": service.backend, "desired": desired, "replicas": []}
-        if service.backend == LOCAL:
-            for replica in orchestrator.list(service):
+        if service.backend in PROCESS_BACKENDS:
+            for replica in orchestrator_for(config, store, service).list(service):
                 health = orchestrator.probe(service, replica) if replica.state in LIVE_STATES else "down"
                 entry["replicas"].append({
                     "instance_id": replica.instance_id,

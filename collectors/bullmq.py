@@ -1,7 +1,8 @@
 """BullMQ queues (v5 and v6 layouts) on every configured Redis: counts, age, throughput and workers.
 
 Per Redis and tick: one pipeline of O(1) commands for all queues (plus ONE ``CLIENT LIST`` for the workers)
-and, when queues have waiting jobs, a second pipeline reading the oldest job's ``timestamp``. The pipelines go
+and, when queues have waiting jobs, a second pipeline reading the oldest job's ``timestamp`` (a third and fourth
+only for queues whose taken end holds LIFO jobs, see ``_oldest_timestamps``). The pipelines go
 over a bare RESP connection (collectors/redis_common.py ``RespConnection``): the per-queue commands are packed once
 per discovery and the replies parsed by a small RESP parser, because redis-py's per-command packing and parsing
 cost several times what Redis spends on these O(1) commands (bench/bench_collectors.py). Never
@@ -38,7 +39,7 @@ REGISTRY = MetricRegistry(
         MetricSpec("completed", "count", "ZCARD completed (what is kept, not all ever completed)"),
         MetricSpec("failed", "count", "ZCARD failed"),
         MetricSpec("paused", "bool", "HEXISTS meta paused"),
-        MetricSpec("oldest_waiting_age_s", "s", "now - timestamp of the oldest waiting job (0 when none)"),
+        MetricSpec("oldest_waiting_age_s", "s", "now - timestamp of the oldest waiting job, past LIFO jobs (0: none)"),
         MetricSpec("completed_per_s", "1/s", "from metrics:completed count, else ZCOUNT completed since last tick"),
         MetricSpec("failed_per_s", "1/s", "from metrics:failed count, else ZCOUNT failed since last tick"),
         MetricSpec("workers", "count", "worker connections from CLIENT LIST (Node and Python names)"),
@@ -118,6 +119,53 @@ class QueueCounts(NamedTuple):
     metrics_failed: int | None
     completed_since: int | None  # ZCOUNT since the last tick; None when not asked (first tick, metrics count seen)
     failed_since: int | None
+    oldest_list: str = "wait"  # the list oldest_job_id was read from: wait, or paused (BullMQ v5)
+
+
+# How many jobs at the taken end of a list are read when LIFO jobs sit there (see _oldest_timestamps).
+LIFO_SCAN = 256
+
+
+async def _oldest_timestamps(client: RespConnection, counts: dict[tuple[str, str], QueueCounts]) -> dict[
+        tuple[str, str], float]:
+    """The timestamp of the oldest waiting job per queue, in seconds.
+
+    BullMQ LPUSHes a job onto `wait` and takes jobs from the right end, so the job there is the oldest — unless
+    LIFO jobs were added (RPUSH: they stack on the right end, newest outermost) and hide it. The right end's job
+    is read with its `opts`: when it is a LIFO job, the rightmost LIFO_SCAN jobs are read as well (the oldest
+    FIFO job is just left of the LIFO block) and the smallest timestamp wins. With more LIFO jobs stacked than
+    that, the age is a lower bound (docs/architecture.md, "BullMQ oldest waiting age").
+    """
+    with_tail = [(pq, c.oldest_job_id) for pq, c in counts.items() if c.oldest_job_id]
+    if not with_tail:
+        return {}
+    payload = b"".join(pack("HMGET", f"{p}:{q}:{job_id}", "timestamp", "opts") for (p, q), job_id in with_tail)
+    replies = await client.pipeline(payload, len(with_tail))
+    _raise_errors(replies)
+    oldest: dict[tuple[str, str], float] = {}
+    lifo: list[tuple[str, str]] = []
+    for (pq, _job_id), (stamp, opts) in zip(with_tail, replies, strict=True):
+        if stamp is not None:
+            oldest[pq] = float(stamp) / 1000.0
+        if opts is not None and b'"lifo":true' in opts:
+            lifo.append(pq)
+    if not lifo:
+        return oldest
+    lists = [f"{p}:{q}:{counts[(p, q)].oldest_list}" for p, q in lifo]
+    payload = b"".join(pack("LRANGE", key, -LIFO_SCAN, -1) for key in lists)
+    ranges = await client.pipeline(payload, len(lists))
+    _raise_errors(ranges)
+    wanted = [(pq, job_id.decode("utf-8", "replace")) for pq, ids in zip(lifo, ranges, strict=True)
+              for job_id in (ids or []) if not _is_marker(job_id)]
+    if not wanted:
+        return oldest
+    payload = b"".join(pack("HGET", f"{p}:{q}:{job_id}", "timestamp") for (p, q), job_id in wanted)
+    stamps = await client.pipeline(payload, len(wanted))
+    _raise_errors(stamps)
+    for (pq, _job_id), stamp in zip(wanted, stamps, strict=True):
+        if stamp is not None:
+            oldest[pq] = min(oldest.get(pq, float("inf")), float(stamp) / 1000.0)
+    return oldest
 
 
 def _is_marker(value: bytes | None) -> bool:
@@ -303,16 +351,9 @@ class BullMQCollector(CollectorBase[RedisTarget]):
                 metrics_failed,
                 completed_since,
                 failed_since,
+                "wait" if wait_tail is not None else "paused",
             )
-        oldest_ts: dict[tuple[str, str], float] = {}
-        with_oldest = [(pq, c.oldest_job_id) for pq, c in counts.items() if c.oldest_job_id]
-        if with_oldest:
-            payload = b"".join(pack("HGET", f"{p}:{q}:{job_id}", "timestamp") for (p, q), job_id in with_oldest)
-            stamps = await client.pipeline(payload, len(with_oldest))
-            _raise_errors(stamps)
-            for (pq, _job_id), stamp in zip(with_oldest, stamps, strict=True):
-                if stamp is not None:
-                    oldest_ts[pq] = float(stamp) / 1000.0
+        oldest_ts = await _oldest_timestamps(client, counts)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._last_tick_ms[target.key] = int(ts * 1000)
         workers = count_workers(client_list, queues)

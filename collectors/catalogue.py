@@ -6,13 +6,15 @@ dashboard reads against this catalogue.
 
 from __future__ import annotations
 
-from collectors import alerts, bullmq, containers, instances, nginx, postgres, redis_info, runner
+from collectors import alerts, bullmq, containers, instances, nginx, pm2, postgres, redis_info, runner
 from collectors.base import MetricRegistry, MetricSpec
 
 REGISTRIES: tuple[MetricRegistry, ...] = (
     instances.REGISTRY,
     containers.REGISTRY,
     containers.CONTAINER_REGISTRY,
+    pm2.REGISTRY,
+    pm2.INSTANCE_REGISTRY,
     nginx.REGISTRY,
     bullmq.REGISTRY,
     redis_info.REGISTRY,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from actions.backends import DOCKER
+from actions.backends import DOCKER, PM2
 from collectors.base import Collector
 from collectors.clients import CollectorClients
 from core.config import CollectorIntervals, FleetConfig
@@ -55,12 +55,22 @@ def _postgres(config: FleetConfig, store: Store | None, clients: CollectorClient
     return PostgresCollector(config, clients=clients)
 
 
+def _pm2(config: FleetConfig, store: Store | None) -> AnyCollector:
+    from collectors.pm2 import Pm2Collector
+
+    return Pm2Collector(config, store)
+
+
 def _always(config: FleetConfig) -> bool:
     return True
 
 
 def _has_docker_services(config: FleetConfig) -> bool:
     return any(service.backend == DOCKER for service in config.services)
+
+
+def _has_pm2_services(config: FleetConfig) -> bool:
+    return any(service.backend == PM2 for service in config.services)
 
 
 class CollectorEntry(NamedTuple):
@@ -72,6 +82,7 @@ class CollectorEntry(NamedTuple):
 
 COLLECTORS: tuple[CollectorEntry, ...] = (
     CollectorEntry("containers", _containers, lambda i: i.instances_s, _has_docker_services),
+    CollectorEntry("pm2", _pm2, lambda i: i.instances_s, _has_pm2_services),
     CollectorEntry("instances", _instances, lambda i: i.instances_s),
     CollectorEntry("nginx", _nginx, lambda i: i.nginx_s),
     CollectorEntry("bullmq", _bullmq, lambda i: i.bullmq_s),

@@ -68,9 +68,13 @@ class HealthPaths(_Strict):
 
 class ServiceConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
-    backend: Literal["local", "docker", "swarm"] = "local"
-    # local backend: a command template; {port}, {instance_id}, {python}, {root} are substituted.
+    backend: Literal["local", "docker", "swarm", "pm2"] = "local"
+    # local and pm2 backends: a command template; {port}, {instance_id}, {service}, {python}, {root} are substituted
+    # (in env values too).
     command: str | None = None
+    # pm2 backend: fork (one PM2 app per replica, each on its own port: drainable) or cluster (one PM2 app whose
+    # instances share one port and are balanced by PM2: scaled with `pm2 scale`, restarted with `pm2 reload`)
+    pm2_exec_mode: Literal["fork", "cluster"] = "fork"
     # docker/swarm backends: the image, or the compose project/service that owns the replicas.
     image: str | None = None
     compose_project: DockerName | None = None
@@ -97,9 +101,9 @@ class ServiceConfig(_Strict):
                 f"replicas ({self.replicas}) must be within [min_replicas, max_replicas]"
                 f" = [{self.min_replicas}, {self.max_replicas}]"
             )
-        if self.backend == "local" and not self.command:
-            raise ValueError("backend 'local' needs 'command' (a template with {port} and {instance_id})")
-        if self.backend == "local" and len(self.ports.ports()) < self.max_replicas:
+        if self.backend in ("local", "pm2") and not self.command:
+            raise ValueError(f"backend '{self.backend}' needs 'command' (a template with {{port}} and {{instance_id}})")
+        if self.backend in ("local", "pm2") and len(self.ports.ports()) < self.max_replicas:
             raise ValueError(f"ports range holds fewer ports than max_replicas ({self.max_replicas})")
         return self
 

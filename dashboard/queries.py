@@ -328,6 +328,8 @@ BAD_STATUSES = frozenset({"DOWN", "FAIL", "STALE", "UNKNOWN"})
 INSTANCE_COLUMNS = [
     "instance", "status", "rotation", "health", "latency_ms", "memory_mb", "cpu_percent", "loop_lag_ms", "in_flight",
     "pool_total", "pool_idle", "pool_waiting", "version", "uptime_min", "last_scraped_s",
+    # PM2-managed instances only (collectors/pm2.py): PM2's own word, restarts and unstable restarts
+    "pm2_status", "restarts", "unstable_restarts",
 ]
 
 
@@ -369,6 +371,9 @@ def instances_table(store: StoreView, now: float, window: Window, stale_after_s:
             "version": text_of(metrics, "version"),
             "uptime_min": None if uptime is None else uptime / 60,
             "last_scraped_s": None if up_row is None else max(0.0, now - up_row.ts),
+            "pm2_status": text_of(metrics, "pm2_status"),
+            "restarts": value_of(metrics, "pm2_restarts"),
+            "unstable_restarts": value_of(metrics, "pm2_unstable_restarts"),
         })
     frame = pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
     if not frame.empty:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a fleetdeck target needs when they are missing.
-#   scripts/ensure-system-packages.sh demo   -> nginx
-#   scripts/ensure-system-packages.sh test   -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap,
-#                                               nodejs + npm (Node BullMQ in the queue tests), poppler-utils,
-#                                               prometheus (bench_collectors.py compares against it)
+#   scripts/ensure-system-packages.sh demo         -> nginx
+#   scripts/ensure-system-packages.sh demo-express -> nginx, nodejs, npm (the Express sample app)
+#   scripts/ensure-system-packages.sh test         -> nginx, chromium, wrk, docker.io, docker-compose, debootstrap,
+#                                                     nodejs + npm (Node BullMQ, the Express app, PM2), poppler-utils,
+#                                                     prometheus (bench_collectors.py compares against it)
 # As root on Debian/Ubuntu it runs apt-get; elsewhere it names what is missing and exits non-zero.
 set -euo pipefail
 purpose="${1:-demo}"
@@ -23,8 +24,9 @@ declare -A proof=(
 )
 case "$purpose" in
   demo) wanted=(nginx-light) ;;
+  demo-express) wanted=(nginx-light nodejs npm) ;;
   test) wanted=(nginx-light chromium wrk docker.io docker-compose debootstrap poppler-utils nodejs npm prometheus) ;;
-  *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|demo-express|test" >&2; exit 2 ;;
 esac
 
 missing=()

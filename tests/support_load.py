@@ -171,10 +171,20 @@ class PostLoad:
 # --- a real fleet for the action tests: sample-app replicas behind a managed nginx ---------------------------
 
 
+# The two sample apps every fleet contract test runs against: our Python app (configured by its arguments) and
+# the reference Express app (configured by its environment, counting every request as in flight, probes too).
+SAMPLE_APPS = ("python", "express")
+APP_COMMANDS = {
+    "python": ("{python} {root}/compose/sampleapp/app.py --port {port} --instance-id {instance_id}", {}),
+    "express": ("node {root}/compose/expressapp/app.js", {"PORT": "{port}", "INSTANCE_ID": "{instance_id}"}),
+}
+
+
 def action_fleet_config(base_dir: str, pg_dsn: str, redis_url: str, key_prefix: str, port_start: int,
-                        lb_port: int, replicas: int = 3, **service: object) -> dict[str, object]:
+                        lb_port: int, replicas: int = 3, app: str = "python", **service: object) -> dict[str, object]:
     """The config mapping of a test fleet (parse it with core.config.parse_config). Replicas use the test's own
     Postgres database and a Redis key prefix; no BullMQ queues (QUEUES empty) to keep each replica light."""
+    command, app_env = APP_COMMANDS[app]
     return {
         "state_dir": f"{base_dir}/run",
         "store": {"url": pg_dsn},
@@ -182,8 +192,9 @@ def action_fleet_config(base_dir: str, pg_dsn: str, redis_url: str, key_prefix: 
             {
                 "name": "web",
                 "backend": "local",
-                "command": "{python} {root}/compose/sampleapp/app.py --port {port} --instance-id {instance_id}",
+                "command": command,
                 "env": {
+                    **app_env,
                     "DATABASE_URL": pg_dsn,
                     "REDIS_URL": redis_url,
                     "BULLMQ_PREFIX": key_prefix,

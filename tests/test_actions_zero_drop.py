@@ -1,5 +1,6 @@
 """Zero dropped requests: drain/undrain, scale 3→5→2 and a rolling restart under a constant POST load through the
-managed nginx, with real sample-app replicas; and the kill -9 negative control proving the load sees drops."""
+managed nginx, with real replicas of both sample apps (Python, and Express whose in-flight counter counts the
+health probe); and the kill -9 negative control proving the load sees drops."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from actions.operations import FleetActions
 from core.config import FleetConfig, parse_config
 from core.store import Store
 from tests.support import free_port, free_port_block, unique_name
-from tests.support_load import PostLoad, action_fleet_config, running_fleet
+from tests.support_load import SAMPLE_APPS, PostLoad, action_fleet_config, running_fleet
 
 OPERATOR = Principal("test-operator", "operator", "dashboard")
 
 
-@pytest.fixture(scope="module")
-def fleet_config(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url: str) -> Iterator[FleetConfig]:
-    base = tmp_path_factory.mktemp("zero_drop")
-    data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
+@pytest.fixture(scope="module", params=SAMPLE_APPS)
+def fleet_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
+                 redis_url: str) -> Iterator[FleetConfig]:
+    base = tmp_path_factory.mktemp(f"zero_drop_{request.param}")
+    data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port(),
+                               app=request.param)
+    # a store of its own per app: the session's shared database would carry `desired:web` from the other run
+    data["store"] = {"url": f"sqlite:///{base}/store.db"}
     with running_fleet(parse_config(data, "test", Path(base))) as config:
         yield config
 

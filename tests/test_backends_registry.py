@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actions.backends import DOCKER, LOCAL, ORCHESTRATORS, SWARM, backend_for, orchestrator_class, port_capacity
+from actions.backends import DOCKER, LOCAL, ORCHESTRATORS, PM2, SWARM, backend_for, orchestrator_class, port_capacity
 from actions.backends.local import LocalOrchestrator
 from core.config import ServiceConfig, load_config
 from core.store import Store
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.fast  # no services: the fast tier
 
 def test_every_configurable_backend_is_registered() -> None:
     accepted = set(typing.get_args(ServiceConfig.model_fields["backend"].annotation))
-    assert accepted == set(ORCHESTRATORS) == {LOCAL, DOCKER, SWARM}
+    assert accepted == set(ORCHESTRATORS) == {LOCAL, DOCKER, SWARM, PM2}
     for name in ORCHESTRATORS:
         assert callable(orchestrator_class(name))
 

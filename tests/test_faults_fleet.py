@@ -204,17 +204,19 @@ def test_down_respects_a_running_drain_and_a_forced_down_fails_it(
     store = Store(config.store_url)
     web1 = next(r for r in store.replicas("web") if r.instance_id == "web-1")
 
-    # a slow request in flight on web-1, then a drain that waits for it
+    # two slow requests in flight on web-1 (sent to it directly), then a drain that waits for them: more requests in
+    # flight than the drain's own probe could explain keep it waiting (actions/drain_evidence.py)
     slow: dict[str, object] = {}
 
-    def slow_request() -> None:
+    def slow_request(key: int) -> None:
         try:
-            slow["status"] = get(f"http://{web1.host}:{web1.port}/work/echo?ms=20000", timeout=40, data=b"{}")
+            slow[str(key)] = get(f"http://{web1.host}:{web1.port}/work/echo?ms=20000", timeout=40, data=b"{}")
         except OSError as error:
-            slow["status"] = f"{type(error).__name__}"
+            slow[str(key)] = f"{type(error).__name__}"
 
-    threading.Thread(target=slow_request, daemon=True).start()
-    wait_for(lambda: _in_flight(web1.host, web1.port) >= 1, "the slow request to start")
+    for key in range(2):
+        threading.Thread(target=slow_request, args=(key,), daemon=True).start()
+    wait_for(lambda: _in_flight(web1.host, web1.port) >= 2, "the slow requests to start")
     drain = subprocess.Popen([FLEETDECK_SCRIPT, "--config", str(config_file), "drain", "web-1", "--timeout", "25",
                               "--yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

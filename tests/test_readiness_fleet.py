@@ -20,16 +20,16 @@ from core.config import FleetConfig, parse_config
 from core.samples import Sample
 from core.store import Store
 from tests.support import free_port, free_port_block, unique_name
-from tests.support_load import action_fleet_config, running_fleet
+from tests.support_load import SAMPLE_APPS, action_fleet_config, running_fleet
 
 TESTER = Principal("readiness-tester", "operator", "cli")
 BRONZE = {"lb_health_checks", "stateless_sessions", "no_local_disk_uploads"}
 
 
 def _fleet(base: Path, pg_dsn: str, redis_url: str, prefix: str, replicas: int, misbehave: bool,
-           queues: str) -> FleetConfig:
+           queues: str, app: str = "python") -> FleetConfig:
     data = action_fleet_config(str(base), pg_dsn, redis_url, prefix, free_port_block(10), free_port(),
-                               replicas=replicas)
+                               replicas=replicas, app=app)
     # a store of its own: two fleets on one store would adopt each other's `web` replicas
     data["store"] = {"url": f"sqlite:///{base}/store.db"}
     service = data["services"][0]  # type: ignore[index]
@@ -39,12 +39,13 @@ def _fleet(base: Path, pg_dsn: str, redis_url: str, prefix: str, replicas: int, 
     return parse_config(data, "test", base)
 
 
-@pytest.fixture(scope="module")
-def good_fleet(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, redis_url: str) -> Iterator[FleetConfig]:
+@pytest.fixture(scope="module", params=SAMPLE_APPS)
+def good_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
+               redis_url: str) -> Iterator[FleetConfig]:
     prefix = unique_name("fdt")
     try:
-        with running_fleet(_fleet(tmp_path_factory.mktemp("ready_good"), pg_dsn, redis_url, prefix, 3, False,
-                                  "emails")) as config:
+        with running_fleet(_fleet(tmp_path_factory.mktemp(f"ready_good_{request.param}"), pg_dsn, redis_url, prefix,
+                                  3, False, "emails", app=request.param)) as config:
             yield config
     finally:
         _delete_prefix(redis_url, prefix)

@@ -20,16 +20,17 @@ from actions.proving.scaling import ScalingOptions, latest_scaling_run, run_key,
 from core.config import FleetConfig
 from core.store import Store
 from tests.support import REPO_ROOT, free_port, free_port_block, unique_name
-from tests.support_load import action_fleet_config, running_fleet, written_config
+from tests.support_load import SAMPLE_APPS, action_fleet_config, running_fleet, written_config
 
 TESTER = Principal("scaling-tester", "operator", "cli")
 
 
-@pytest.fixture(scope="module")
-def fleet_setup(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
+@pytest.fixture(scope="module", params=SAMPLE_APPS)
+def fleet_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_dsn: str,
                 redis_url: str) -> Iterator[tuple[FleetConfig, Path]]:
-    base = tmp_path_factory.mktemp("scaling")
-    data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port())
+    base = tmp_path_factory.mktemp(f"scaling_{request.param}")
+    data = action_fleet_config(str(base), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port(),
+                               app=request.param)
     data["store"] = {"url": f"sqlite:///{base}/store.db"}
     config, config_file = written_config(base, data)
     with running_fleet(config):

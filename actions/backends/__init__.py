@@ -1,4 +1,4 @@
-"""Orchestrator and load-balancer backends: where replicas run (local processes, Docker Compose, Swarm) and the
+"""Orchestrator and load-balancer backends: where replicas run (local processes, PM2, Docker Compose, Swarm) and the
 nginx in front of them. `base.py` holds the protocols and types they share.
 
 A service's `backend` setting names its orchestrator; `backend_for()` is the one place that turns the name into
@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 LOCAL = "local"
 DOCKER = "docker"
 SWARM = "swarm"
+PM2 = "pm2"
 
 # backend name -> (module, orchestrator class); every name core.config accepts has an entry (tests check it).
 ORCHESTRATORS: dict[str, tuple[str, str]] = {
     LOCAL: ("actions.backends.local", "LocalOrchestrator"),
     DOCKER: ("actions.backends.docker", "DockerOrchestrator"),
     SWARM: ("actions.backends.swarm", "SwarmOrchestrator"),
+    PM2: ("actions.backends.pm2", "Pm2Orchestrator"),
 }
 
 

@@ -22,6 +22,7 @@ from actions.backends.base import (
     Replica,
     UpstreamServer,
 )
+from actions.drain_evidence import DrainWatch
 from actions.operations.limits import limits_of, with_effective_limits
 from actions.operations.types import (
     DRAIN_POLL_S,
@@ -234,28 +235,30 @@ class OperationContext:
 
     def wait_idle(self, op: audit.Operation, service: ServiceConfig, replica: Replica,
                   timeout_s: float) -> tuple[bool, str]:
-        """Until no old nginx worker is left and the instance reports 0 in flight, twice in a row."""
+        """Until the load balancer shows the replica idle on QUIET_POLLS polls in a row (actions/drain_evidence.py:
+        no old nginx worker, no open upstream connection to it, no new request logged); the app's own in-flight
+        count is extra evidence: above what our probe explains (1) it keeps the drain waiting."""
+        watch = DrainWatch.for_balancer(self.balancer(service), replica.address)
         deadline = time.monotonic() + timeout_s
         quiet = 0
         last_report = 0.0
         why = ""
         while True:
-            old_workers = self.old_nginx_workers(service)
             health = self.health(replica, service)
-            # An unreachable replica has nothing in flight (it is gone); a replica without inFlight is judged
-            # by the nginx side alone.
-            in_flight = 0 if health.status == "unreachable" else (health.in_flight or 0)
-            if old_workers == 0 and in_flight == 0:
+            # An unreachable replica has nothing in flight (it is gone).
+            evidence = watch.poll(0 if health.status == "unreachable" else health.in_flight)
+            if evidence.idle():
                 quiet += 1
                 if quiet >= QUIET_POLLS:
+                    op.progress(f"{replica.instance_id} is idle: {evidence.describe()}", "idle",
+                                **evidence.as_dict())
                     return True, "idle"
             else:
                 quiet = 0
-            why = f"in-flight {in_flight}, old nginx workers {old_workers}"
+            why = evidence.describe()
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
-                op.progress(f"waiting for {replica.instance_id}: {why}", "waiting", in_flight=in_flight,
-                            old_workers=old_workers)
+                op.progress(f"waiting for {replica.instance_id}: {why}", "waiting", **evidence.as_dict())
                 last_report = now
             if now >= deadline:
                 return False, why

@@ -16,6 +16,7 @@ from typing import Any
 from actions import audit
 from actions.auth import PermissionDenied, Principal, require
 from actions.backends.base import DOWN, DRAINING, UP, Replica, UpstreamServer
+from actions.operations import pm2_cluster
 from actions.operations.context import OperationContext, replica_stopped_under
 from actions.operations.frame import Body, plan_for_instance, run_operation
 from actions.operations.types import (
@@ -35,6 +36,7 @@ from core.config import ServiceConfig
 def preflight(ctx: OperationContext, service: ServiceConfig, replica: Replica,
               upstream: list[UpstreamServer]) -> tuple[list[UpstreamServer], bool]:
     """(the upstream after the drain, already drained?) or Refusal."""
+    pm2_cluster.refuse(service, "drain")
     if ctx.balancer(service) is None:
         raise Refusal(f"service '{service.name}' is not behind the load balancer: there is nothing to drain")
     state = state_of(upstream, replica)

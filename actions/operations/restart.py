@@ -9,7 +9,7 @@ from typing import Any
 from actions import audit
 from actions.auth import Principal
 from actions.backends.base import DRAINING, UP, FleetdeckActionError, Replica, UpstreamServer
-from actions.operations import drain
+from actions.operations import drain, pm2_cluster
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, plan_for_instance, run_operation
 from actions.operations.types import RESTART, OperationResult, Plan, state_of
@@ -40,6 +40,7 @@ def execute(ctx: OperationContext, principal: Principal, instance: str, *,
 
     def prepare() -> tuple[ServiceConfig, Body]:
         service, replica = ctx.find_instance(instance)
+        pm2_cluster.refuse(service, "restart")
         if ctx.balancer(service) is not None and state_of(ctx.upstream(service), replica) == UP:
             drain.preflight(ctx, service, replica, ctx.upstream(service))
 

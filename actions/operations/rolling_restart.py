@@ -8,7 +8,7 @@ from typing import Any
 from actions import audit
 from actions.auth import Principal
 from actions.backends.base import UP
-from actions.operations import drain
+from actions.operations import drain, pm2_cluster
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, check_permission, default_ttl, planned, run_operation
 from actions.operations.restart import restart_locked
@@ -45,6 +45,8 @@ def execute(ctx: OperationContext, principal: Principal, service_name: str, *,
             raise Refusal(f"'{service_name}' has no running replicas")
 
         def body(op: audit.Operation) -> OperationResult:
+            if pm2_cluster.is_pm2_cluster(service):
+                return pm2_cluster.reload(ctx, op, service)
             originals = [r.instance_id for r in ctx.live(service)]
             done: list[str] = []
             # old id → new id and address: a replacement may come back under another id or port, and the message

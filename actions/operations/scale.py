@@ -11,6 +11,7 @@ from typing import Any
 from actions import audit
 from actions.auth import Principal
 from actions.backends.base import DRAINING, UP, FleetdeckActionError, Replica, UpstreamServer
+from actions.operations import pm2_cluster
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, check_permission, planned, run_operation
 from actions.operations.types import SCALE, OperationResult, Plan, servers_dicts, state_of, with_state
@@ -75,6 +76,8 @@ def execute(ctx: OperationContext, principal: Principal, service_name: str, repl
                 op.progress(f"'{current.name}' already runs {wanted} replica(s)", "noop")
                 return OperationResult(True, f"'{current.name}' already at {wanted} replica(s) (no-op)",
                                        result=audit.NOOP)
+            if pm2_cluster.is_pm2_cluster(current):
+                return pm2_cluster.scale(ctx, op, current, wanted)
             if wanted > len(live):
                 return _scale_up(ctx, op, current, wanted - len(live))
             return _scale_down(ctx, op, current, live, len(live) - wanted)

@@ -294,8 +294,12 @@ def check_no_local_disk_uploads(fleet: Fleet) -> CheckOutcome:
         return CheckOutcome(FAIL, "no live instances", {}, fleet.service.name)
     writer = instances[0]
     payload = f"fleetdeck readiness canary {uuid.uuid4().hex}".encode() + os.urandom(64)
-    created = http_call("POST", writer.base_url + "/api/uploads?filename=readiness.bin", payload,
-                        {"Content-Type": "application/octet-stream"}, fleet.options.http_timeout_s)
+    # multipart with a `file` field: what a multer-based Express app (upload.single("file")) expects
+    boundary = f"fleetdeck{uuid.uuid4().hex}"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="readiness.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    created = http_call("POST", writer.base_url + "/api/uploads?filename=readiness.bin", form,
+                        {"Content-Type": f"multipart/form-data; boundary={boundary}"}, fleet.options.http_timeout_s)
     body = created.json()
     evidence: dict[str, Any] = {"uploaded_on": writer.instance_id, "upload": _short(created), "bytes": len(payload)}
     if created.status != 201 or not isinstance(body, dict) or "id" not in body:

@@ -45,14 +45,18 @@ def instances_panel() -> None:
     # dead or drained replica
     st.markdown("  ".join(f"`{md_code(row.instance)}` :{STATUS_BADGE.get(row.status, 'gray')}-badge[{md(row.status)}]"
                           f"{rotation_badge(row.rotation)}" for row in frame.itertuples()))
+    # PM2's columns only when some instance runs under PM2
+    frame = frame.drop(columns=[c for c in ("pm2_status", "restarts", "unstable_restarts") if frame[c].isna().all()])
     ui.table(frame, "instances", "instances", status_column="status", formats={
         "latency_ms": "{:.0f} ms", "memory_mb": "{:.0f} MB", "cpu_percent": "{:.1f} %", "loop_lag_ms": "{:.1f} ms",
         "in_flight": "{:.0f}", "pool_total": "{:.0f}", "pool_idle": "{:.0f}", "pool_waiting": "{:.0f}",
+        "restarts": "{:.0f}", "unstable_restarts": "{:.0f}",
         "uptime_min": "{:.0f} min", "last_scraped_s": "{:.0f} s ago",
     }, column_config={
         "latency_ms": "latency", "memory_mb": "memory", "cpu_percent": "CPU", "loop_lag_ms": "loop lag",
         "in_flight": "in flight", "pool_total": "pool total", "pool_idle": "pool idle", "pool_waiting": "pool waiting",
-        "uptime_min": "uptime", "last_scraped_s": "last scraped",
+        "uptime_min": "uptime", "last_scraped_s": "last scraped", "pm2_status": "PM2",
+        "unstable_restarts": "unstable restarts",
     })
 
 
