@@ -29,6 +29,8 @@ from tests.support import free_port, free_port_block
 
 OPERATOR = Principal("test-operator", "operator", "dashboard")
 
+HARNESS = Principal("test-harness", "admin", "cli")  # up/down are admin, audited verbs
+
 
 def node_fleet(base: Path, in_flight: str) -> FleetConfig:
     start = free_port_block(8)
@@ -53,11 +55,11 @@ def node_fleet(base: Path, in_flight: str) -> FleetConfig:
 @pytest.fixture(params=["counts-probe", "none"])
 def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetConfig]:
     config = node_fleet(tmp_path, "all" if request.param == "counts-probe" else "none")
-    fleet.up(config, dashboard=False, progress=lambda _line: None)
+    fleet.up(config, principal=HARNESS, dashboard=False, progress=lambda _line: None)
     try:
         yield config
     finally:
-        fleet.down(config)
+        fleet.down(config, principal=HARNESS)
 
 
 def post(url: str, timeout: float = 15.0) -> tuple[int, str]:

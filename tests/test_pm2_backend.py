@@ -30,6 +30,8 @@ OPERATOR = Principal("test-operator", "operator", "dashboard")
 
 pytestmark = pytest.mark.skipif(not PM2_BINARY.exists(), reason="pm2 is installed by `make express-app` (npm ci)")
 
+HARNESS = Principal("test-harness", "admin", "cli")  # up/down are admin, audited verbs
+
 
 def test_pm2_fork_mode_zero_drop_and_down(tmp_path: Path, pg_dsn: str, redis_url: str) -> None:
     data = action_fleet_config(str(tmp_path), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port(),
@@ -38,7 +40,7 @@ def test_pm2_fork_mode_zero_drop_and_down(tmp_path: Path, pg_dsn: str, redis_url
     store = Store(config.store_url)
     orchestrator = Pm2Orchestrator(config, store)
     service = config.service("web")
-    fleet.up(config, dashboard=False, progress=lambda _line: None)
+    fleet.up(config, principal=HARNESS, dashboard=False, progress=lambda _line: None)
     try:
         apps = {str(a["name"]): a for a in orchestrator.jlist()}
         assert sorted(apps) == ["web-1", "web-2", "web-3"]
@@ -96,7 +98,7 @@ def test_pm2_fork_mode_zero_drop_and_down(tmp_path: Path, pg_dsn: str, redis_url
         assert report.sent > 150, report.summary()
         assert report.non_2xx == 0 and report.transport == 0, report.summary()
     finally:
-        fleet.down(config, progress=lambda _line: None)
+        fleet.down(config, principal=HARNESS, progress=lambda _line: None)
     assert orchestrator.daemon_pid() is None or not pid_alive(daemon)
     assert not pid_alive(daemon), "down stops fleetdeck's PM2 daemon"
     assert store.replicas() == []
@@ -114,7 +116,7 @@ def test_pm2_cluster_mode_scale_reload_and_refused_drain(tmp_path: Path, pg_dsn:
     store = Store(config.store_url)
     orchestrator = Pm2Orchestrator(config, store)
     service = config.service("web")
-    fleet.up(config, dashboard=False, progress=lambda _line: None)
+    fleet.up(config, principal=HARNESS, dashboard=False, progress=lambda _line: None)
     daemon = orchestrator.daemon_pid()
     try:
         apps = orchestrator.jlist()
@@ -149,6 +151,6 @@ def test_pm2_cluster_mode_scale_reload_and_refused_drain(tmp_path: Path, pg_dsn:
         assert report.non_2xx == 0 and report.transport == 0, report.summary()
         assert len(orchestrator.list(service)) == 2 == len(store.replicas("web"))  # mirrored for the collectors
     finally:
-        fleet.down(config, progress=lambda _line: None)
+        fleet.down(config, principal=HARNESS, progress=lambda _line: None)
     assert daemon is not None and not pid_alive(daemon)
     assert store.replicas() == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from actions import fleet
+from actions.auth import Principal
 from actions.backends.base import DEAD, RUNNING, STARTING, FleetError
 from actions.backends.local import LocalOrchestrator, render_template
 from core.config import FleetConfig, parse_config
@@ -36,6 +37,8 @@ COMMANDS: dict[str, dict[str, object]] = {
     "npm start": {"command": "npm start --silent --prefix {root}/tests/node_standin",
                   "env": {"PORT": "{port}", "INSTANCE_ID": "{instance_id}"}},
 }
+
+HARNESS = Principal("test-harness", "admin", "cli")  # up/down are admin, audited verbs
 
 
 def node_config(tmp_path: Path, replicas: int = 3, **service: object) -> FleetConfig:
@@ -162,7 +165,7 @@ def test_up_names_each_replica_that_failed(tmp_path: Path, cleanup: list[FleetCo
     cleanup.append(config)
     lines: list[str] = []
     with pytest.raises(FleetError) as raised:
-        fleet.up(config, dashboard=False, progress=lines.append)
+        fleet.up(config, principal=HARNESS, dashboard=False, progress=lines.append)
     message = str(raised.value)
     assert "web: 2 of 3 replica(s) healthy" in message
     assert "web-2 exited during start-up" in message and "crash-marker" in message
@@ -170,7 +173,7 @@ def test_up_names_each_replica_that_failed(tmp_path: Path, cleanup: list[FleetCo
     orchestrator = LocalOrchestrator(config, Store(config.store_url))
     # the failed replica is not left recorded or running; the healthy ones stay for the next `up` to adopt
     assert sorted(r.instance_id for r in orchestrator.list(config.service("web"))) == ["web-1", "web-3"]
-    fleet.down(config)
+    fleet.down(config, principal=HARNESS)
     assert fleet_processes(config) == []
 
 
@@ -183,12 +186,12 @@ def test_up_fails_when_the_app_ignores_its_port(tmp_path: Path, cleanup: list[Fl
                          boot_timeout_s=4)
     cleanup.append(config)
     with pytest.raises(FleetError) as raised:
-        fleet.up(config, dashboard=False, progress=lambda _line: None)
+        fleet.up(config, principal=HARNESS, dashboard=False, progress=lambda _line: None)
     message = str(raised.value)
     assert "of 3 replica(s) healthy" in message
     assert message.count("did not become healthy") + message.count("exited during start-up") == 3
     assert "EADDRINUSE" in message or "no answer" in message
-    fleet.down(config)
+    fleet.down(config, principal=HARNESS)
     assert fleet_processes(config) == []
 
 
@@ -212,7 +215,7 @@ def test_down_stops_dead_and_lost_replicas_processes(tmp_path: Path, cleanup: li
     store.remove_replica("web", replicas[1].instance_id)
 
     lines: list[str] = []
-    summary = fleet.down(config, progress=lines.append)
+    summary = fleet.down(config, principal=HARNESS, progress=lines.append)
     assert sorted(summary["replicas"]) == ["web-1", "web-3"]
     assert summary["strays"], "the processes of the lost record were found by the marker"
     assert fleet_processes(config) == []
@@ -246,13 +249,13 @@ def test_down_reports_what_it_could_not_stop(tmp_path: Path, cleanup: list[Fleet
     monkeypatch.setattr(os, "kill", kill)
     monkeypatch.setattr(os, "killpg", killpg)
     with pytest.raises(FleetError) as raised:
-        fleet.down(config, progress=lambda _line: None)
+        fleet.down(config, principal=HARNESS, progress=lambda _line: None)
     assert f"web/web-2: web-2: pid(s) {second.pid} survived SIGKILL" in str(raised.value)
     assert http_get(f"{first.base_url}/health", 1)[0] == 0, "everything else was still stopped"
     # the record is kept so a later down can find the process again
     assert [r.instance_id for r in store.replicas()] == ["web-2"]
     monkeypatch.undo()
-    fleet.down(config)
+    fleet.down(config, principal=HARNESS)
     assert fleet_processes(config) == []
     assert MARKER_VAR not in os.environ
 
