@@ -36,6 +36,8 @@ HARNESS = Principal("test-harness", "admin", "cli")  # up/down are admin, audite
 def test_pm2_fork_mode_zero_drop_and_down(tmp_path: Path, pg_dsn: str, redis_url: str) -> None:
     data = action_fleet_config(str(tmp_path), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10), free_port(),
                                app="express", backend="pm2")
+    # a store of its own: the session's shared database would keep this test's `desired:web` for later fleets
+    data["store"] = {"url": f"sqlite:///{tmp_path}/store.db"}
     config = parse_config(data, "test", tmp_path)
     store = Store(config.store_url)
     orchestrator = Pm2Orchestrator(config, store)
