@@ -55,8 +55,8 @@ def _postgres(config: FleetConfig, store: Store | None, clients: CollectorClient
     return PostgresCollector(config, clients=clients)
 
 
-def _pm2(config: FleetConfig, store: Store | None) -> AnyCollector:
-    from collectors.pm2 import Pm2Collector
+def _pm2(config: FleetConfig, store: Store | None, clients: CollectorClients | None) -> AnyCollector:
+    from collectors.pm2 import Pm2Collector  # runs the pm2 CLI: no shared HTTP/Redis client to take
 
     return Pm2Collector(config, store)
 
