@@ -21,8 +21,6 @@ from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from actions import audit, fleet
 from actions.auth import Principal
 from actions.operations import FleetActions

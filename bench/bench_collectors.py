@@ -8,7 +8,7 @@
    queues through redis-py (goal <= 1.2x). For information, the same 8 commands per queue sent prepared over the
    collector's own bare RESP connection: what the collector's extra commands, parsing and samples cost on top.
 
-Run: .venv/bin/python bench/bench_collectors.py [--targets 1000] [--queues 200] [--cycles 5]
+Run: PYTHONPATH=. .venv/bin/python bench/bench_collectors.py [--targets 1000] [--queues 200] [--cycles 5]
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import redis.asyncio as aioredis
 from loopback_targets import METRICS_PAGE, measure_prometheus, peak_rss_mb, rss_mb, start_targets, stored_prometheus

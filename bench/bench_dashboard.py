@@ -1,6 +1,6 @@
 """Dashboard benchmark: a day of a 20-instance fleet in SQLite, then time what an Overview rerun costs.
 
-    .venv/bin/python bench/bench_dashboard.py [--hours 24] [--instances 20] [--step 5] [--runs 5]
+    PYTHONPATH=. .venv/bin/python bench/bench_dashboard.py [--hours 24] [--instances 20] [--step 5] [--runs 5]
 
 Prints: seed and rollup time, the server-side time of one Overview rerun (AppTest, warm), every chart query of
 the Overview (ms, points returned), and the largest trace a figure carries. Goals: rerun ≤ 300 ms,
@@ -13,17 +13,15 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from core.store import Store
+from dashboard import figures, queries, ranges, sample_data
+from dashboard.sample_data import FleetShape
 
-from core.store import Store  # noqa: E402
-from dashboard import figures, queries, ranges, sample_data  # noqa: E402
-from dashboard.sample_data import FleetShape  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RERUN_GOAL_MS = 300
 QUERY_GOAL_MS = 50

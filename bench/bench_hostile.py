@@ -9,7 +9,7 @@ Prints this process's peak RSS after each phase (goal: under 150 MB with the hos
 two, each hostile target's outcome (up=0 and its reason, worst latency against its 1 s timeout + 1 s) and the
 healthy targets' worst gap between polls (cadence 1 s).
 
-Run: .venv/bin/python bench/bench_hostile.py [--seconds 8] [--bomb-mib 48]
+Run: PYTHONPATH=. .venv/bin/python bench/bench_hostile.py [--seconds 8] [--bomb-mib 48]
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loopback_targets import peak_rss_mb
 
