@@ -1,6 +1,7 @@
 """Browser benchmark: what a person waits for in Chromium, against the floor of Streamlit itself.
 
-    PYTHONPATH=. python bench/bench_browser.py [--hours 24] [--instances 20] [--step 5] [--runs 3] [--pages overview,instances]
+    PYTHONPATH=. python bench/bench_browser.py [--hours 24] [--instances 20] [--step 5] [--runs 3]
+        [--pages overview,instances]
 
 Seeds a day of a 20-instance fleet (as bench_dashboard.py does), starts the dashboard (`streamlit run
 dashboard/server.py`, what `fleetdeck up` runs) and, in the same run, a bare Streamlit app drawing the same number

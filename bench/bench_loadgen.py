@@ -1,7 +1,8 @@
 """fleetdeck's load generator vs wrk, back to back, same connections and duration.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_loadgen.py                       # against an nginx `return 200` we start
-    PYTHONPATH=. .venv/bin/python bench/bench_loadgen.py --url http://127.0.0.1:8088/ --workers 2   # e.g. the managed nginx
+    PYTHONPATH=. .venv/bin/python bench/bench_loadgen.py           # against an nginx `return 200` we start
+    PYTHONPATH=. .venv/bin/python bench/bench_loadgen.py --url http://127.0.0.1:8088/ --workers 2
+                                                                   # e.g. the managed nginx
 
 Each round runs wrk, then our generator, against the same URL; ratios are per round (pairs share the machine's
 momentary load), and the median ratio is the figure to quote. Goals: >= 0.6x wrk on nginx `return 200`,

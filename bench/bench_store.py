@@ -1,6 +1,7 @@
 """Store benchmark (prints numbers; not a test).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_store.py [--url sqlite:////tmp/x.db | postgresql://127.0.0.1/db] [--series 20]
+    PYTHONPATH=. .venv/bin/python bench/bench_store.py [--url sqlite:////tmp/x.db | postgresql://127.0.0.1/db]
+        [--series 20]
 
 Measures the batched insert rate, then the chart query the dashboard issues: 24 h of 5 s samples for 20 series,
 bucketed to ≤ 2000 points, first from raw samples only (right after start, before any rollup), then after
