@@ -6,7 +6,7 @@ Reads go straight to Redis (collectors/bullmq_jobs.py, every read bounded); acti
 actions/queue_ops.py, which checks the role again, locks the queue and audits — the disabled buttons here are a
 convenience. An action runs in a background thread with a pre-made op id and its progress is read back from the
 store, so another session sees it too. Outside strings are shown as plain text (tables, code blocks) or
-Markdown-escaped (dashboard/queue_views.py ``md_escape``), never rendered as Markdown.
+Markdown-escaped (dashboard/safe_text.py ``md``), never rendered as Markdown.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from core.config import FleetConfig
 from core.store import Store
 from dashboard import queries
 from dashboard.action_panel import progress_frame, start_in_background
-from dashboard.queue_views import failure_ratio, jobs_frame, md_escape, minutes_frame, reasons_frame, when
+from dashboard.queue_views import failure_ratio, jobs_frame, minutes_frame, reasons_frame, when
+from dashboard.safe_text import MAX_INLINE, md
 
 PENDING_KEY = "fd_queue_pending"  # {"action", "queue", "params"} being previewed in this session
 LAST_OP_KEY = "fd_queue_last_op"  # op id of the latest queue action started from this session
@@ -87,7 +88,7 @@ def render(config: FleetConfig, store: Store, principal: Principal) -> None:
         client = _client(ref)
         counts = bullmq_jobs.counts(client)
     except Exception as error:
-        st.error(f"Cannot read {md_escape(name)}: {md_escape(f'{type(error).__name__}: {error}')}")
+        st.error(f"Cannot read {md(name, MAX_INLINE)}: {md(f'{type(error).__name__}: {error}', MAX_INLINE)}")
         return
     try:
         _summary(store, ref, client, counts)
@@ -100,7 +101,7 @@ def render(config: FleetConfig, store: Store, principal: Principal) -> None:
 
 
 def _summary(store: Store, ref: QueueRef, client: QueueClient, counts: bullmq_jobs.QueueCounts) -> None:
-    st.markdown(f"#### {md_escape(ref.name)}" + (" :gray-badge[paused]" if counts.paused else ""))
+    st.markdown(f"#### {md(ref.name, MAX_INLINE)}" + (" :gray-badge[paused]" if counts.paused else ""))
     columns = st.columns(8)
     for column, state in zip(columns, STATES, strict=True):
         column.metric(state, f"{counts.of(state):,}")
@@ -170,9 +171,10 @@ def _jobs(config: FleetConfig, store: Store, principal: Principal, ref: QueueRef
 def _job_view(principal: Principal, ref: QueueRef, client: QueueClient, job_id: str) -> None:
     view = bullmq_jobs.job_view(client, job_id)
     if view is None:
-        st.warning(f"No job {md_escape(job_id)} in {md_escape(ref.name)}.")
+        st.warning(f"No job {md(job_id, MAX_INLINE)} in {md(ref.name, MAX_INLINE)}.")
         return
-    st.markdown(f"##### Job {md_escape(view.id)}: {md_escape(view.text('name'))} — {md_escape(view.state)}")
+    st.markdown(f"##### Job {md(view.id, MAX_INLINE)}: {md(view.text('name'), MAX_INLINE)}"
+                f" — {md(view.state, MAX_INLINE)}")
     st.caption(f"added {when(view.number('timestamp'))} · processed {when(view.number('processedOn'))} · finished"
                f" {when(view.number('finishedOn'))} · attempts made {view.number('atm') or 0}")
     may = allowed(principal, QUEUE_ACT)
@@ -215,7 +217,7 @@ def _job_view(principal: Principal, ref: QueueRef, client: QueueClient, job_id: 
         columns = st.columns(min(len(here), 5) or 1)
         for index, (kind, other) in enumerate(here[:RELATION_BUTTONS]):
             columns[index % len(columns)].button(
-                f"Open {kind} {md_escape(other, 40)}", key=f"fd-q-open-{index}",
+                f"Open {kind} {md(other, 40)}", key=f"fd-q-open-{index}",
                 on_click=st.session_state.__setitem__, args=(JOB_ID_KEY, other))
 
 
@@ -261,7 +263,8 @@ def _preview(config: FleetConfig, store: Store, principal: Principal, pending: d
     actions = QueueActions(config, store)
     plan = actions.plan(action, queue, principal, **params)
     label = OPERATIONS[action].label
-    (st.info if plan.allowed else st.error)(f"**Dry run — {label}, {md_escape(queue)}:** {md_escape(plan.reason)}")
+    (st.info if plan.allowed else st.error)(
+        f"**Dry run — {label}, {md(queue, MAX_INLINE)}:** {md(plan.reason, MAX_INLINE)}")
     for number, step in enumerate(plan.steps, 1):
         st.text(f"{number}. {step}")
     cancel, confirm = st.columns(2)
@@ -272,7 +275,7 @@ def _preview(config: FleetConfig, store: Store, principal: Principal, pending: d
         return
     ready = True
     if plan.disruptive:
-        typed = confirm.text_input(f"Type {md_escape(plan.confirm_text)} to confirm", key="fd-q-typed")
+        typed = confirm.text_input(f"Type {md(plan.confirm_text, MAX_INLINE)} to confirm", key="fd-q-typed")
         ready = typed.strip() == plan.confirm_text
     if confirm.button(f"Run: {label}", key="fd-q-run", type="primary", disabled=not ready):
         op_id = new_op_id()
@@ -299,8 +302,8 @@ def _live(store: Store) -> None:
     def panel() -> None:
         status = audit.operation_status(store, op_id) or {}
         state = str(status.get("state", "running"))
-        text = (f"**{md_escape(str(status.get('action', '')))}** {md_escape(str(status.get('target', '')))} — "
-                f"**{md_escape(state)}**: {md_escape(str(status.get('message', '')))}")
+        text = (f"**{md(status.get('action', ''), MAX_INLINE)}** {md(status.get('target', ''), MAX_INLINE)} — "
+                f"**{md(state, MAX_INLINE)}**: {md(status.get('message', ''), MAX_INLINE)}")
         {"running": st.info, "ok": st.success, "noop": st.success, "failed": st.error,
          "refused": st.warning}.get(state, st.info)(text)
         frame = progress_frame(store, op_id)

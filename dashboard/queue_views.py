@@ -2,28 +2,16 @@
 
 Every string shown here comes from Redis — queue names, job names, job ids, error texts, log lines — so it is
 never rendered as Markdown: tables and code blocks show it as text, and where it must sit inside Markdown (a
-heading, a message) it goes through :func:`md_escape` first.
+heading, a message) it goes through ``dashboard.safe_text.md`` first.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 import pandas as pd
 
 from collectors.bullmq_jobs import FailureReasons, JobPage, MinutePoint
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'])")
-MAX_INLINE = 300
-
-
-def md_escape(text: str, limit: int = MAX_INLINE) -> str:
-    """Outside text made inert inside Streamlit Markdown: every Markdown/directive/LaTeX character backslash-
-    escaped, newlines flattened, control characters dropped, the length bounded."""
-    flat = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1].replace("\n", " ").replace("\r", " "))
-    cut = flat[:limit] + ("…" if len(flat) > limit else "")
-    return _MD_SPECIAL.sub(r"\\\1", cut)
 
 
 def when(ms: int | None) -> str:

@@ -16,11 +16,14 @@ import re
 _SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:=&\"'^@%])")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 MAX_SHOWN = 2000  # an outside string is bounded where it is shown too
+MAX_INLINE = 300  # inside a heading or a one-line message (the Queues page)
 
 
 def md(value: object, limit: int = MAX_SHOWN) -> str:
-    """`value` as Markdown text that renders literally: no link, image, emphasis, directive, HTML or heading."""
-    text = _LINE_BREAKS.sub(" ", str(value))
+    """`value` as Markdown text that renders literally: no link, image, emphasis, directive, HTML or heading;
+    line breaks flattened, other control characters shown as a space, the length bounded by `limit`."""
+    text = _LINE_BREAKS.sub(" ", str(value))[: limit + 1]
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
     if len(text) > limit:
         text = text[:limit] + "…"
     return _SPECIAL.sub(r"\\\1", text)

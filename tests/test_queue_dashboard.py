@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import load_config
 from core.store import Store
 from dashboard import queue_panel
-from dashboard.queue_views import md_escape
+from dashboard.safe_text import MAX_INLINE, md
 from tests.support_queues import write_queue_config
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -67,8 +67,8 @@ def test_browse_escapes_outside_strings_and_retry_all_runs(monkeypatch: pytest.M
     # raw outside strings never reach Markdown; their escaped forms do
     for raw in ("**bold**", ":red[red]", "$x$", "<b>", "**not bold**", "[link]", "pay*ments_[x]"):
         assert not any(raw in text for text in shown), raw
-    assert any(md_escape(JOB_NAME) in text for text in shown)
-    assert any(md_escape(name) in text for text in shown)
+    assert any(md(JOB_NAME, MAX_INLINE) in text for text in shown)
+    assert any(md(name, MAX_INLINE) in text for text in shown)
     # tables and code blocks show the text as it is
     jobs = app.dataframe(key="fd_queue_jobs").value
     assert set(jobs["name"]) == {JOB_NAME} and set(jobs["failed reason"]) == {REASON}
@@ -108,11 +108,11 @@ def test_viewer_sees_disabled_actions(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_md_escape_makes_outside_text_inert() -> None:
-    escaped = md_escape("# head\n**b** :red[x] $y$ `c` <i> [l](u)\x1b")
+    escaped = md("# head\n**b** :red[x] $y$ `c` <i> [l](u)\x1b")
     assert "\n" not in escaped and "\x1b" not in escaped
     for special in "#*:[]$`<>()":
         assert all(escaped[i - 1] == "\\" for i, ch in enumerate(escaped) if ch == special)
-    assert md_escape("x" * 1000).endswith("…") and len(md_escape("x" * 1000)) == 301
+    assert md("x" * 1000, MAX_INLINE).endswith("…") and len(md("x" * 1000, MAX_INLINE)) == 301
 
 
 def test_job_view_opens_a_child_of_the_flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str,

@@ -1,15 +1,14 @@
 """Queues: every BullMQ queue × state with its trend, workers per queue, one queue in detail, and the job
 browser with the queue actions (dashboard/queue_panel.py).
 
-Queue names come from Redis: in Markdown they are escaped (dashboard/queue_views.py md_escape)."""
+Queue names come from Redis: in Markdown they are escaped (dashboard/safe_text.py md)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import auth_gate, queries, queue_panel, ranges, ui
-from dashboard.queue_views import md_escape
-from dashboard.safe_text import md
+from dashboard.safe_text import MAX_INLINE, md
 
 config = ui.fleet_config()
 store = ui.store()
@@ -41,12 +40,12 @@ def queues_panel() -> None:
         else:
             badge = f":green-badge[{md(queue.workers)} worker{'s' if queue.workers != 1 else ''}]"
         paused = " :gray-badge[paused]" if queue.paused else ""
-        badges.append(f"{md_escape(queue.queue)} {badge}{paused}")
+        badges.append(f"{md(queue.queue, MAX_INLINE)} {badge}{paused}")
     st.markdown("  ".join(badges))
     for queue in workers:
         if queue.starving:
             age = ranges.format_duration(queue.oldest_waiting_age_s)
-            st.error(f"**{md_escape(queue.queue)}**: {queue.waiting} jobs waiting (oldest {age}) and no worker is"
+            st.error(f"**{md(queue.queue, MAX_INLINE)}**: {queue.waiting} jobs waiting (oldest {age}) and no worker is"
                      " consuming.",
                      icon=":material/report:")
     frame = queries.queues_table(store, data.window)
