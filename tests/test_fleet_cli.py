@@ -14,7 +14,8 @@ import psycopg
 import pytest
 import yaml
 
-from actions.fleet import Dashboard, ensure_database
+from actions.fleet import ensure_database
+from actions.own_processes import Dashboard
 from core.config import load_config
 from core.process import pid_alive
 from core.store import Store
