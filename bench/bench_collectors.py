@@ -28,7 +28,8 @@ import redis.asyncio as aioredis
 from loopback_targets import METRICS_PAGE, measure_prometheus, peak_rss_mb, rss_mb, start_targets, stored_prometheus
 
 from collectors.bullmq import BullMQCollector, RedisTarget
-from collectors.instances import InstanceCollector, InstanceTarget, parse_prometheus
+from collectors.instance_readings import parse_prometheus
+from collectors.instances import InstanceCollector, InstanceTarget
 from collectors.redis_common import RespConnection, pack
 from collectors.runner import Runner
 from collectors.scheduler import CollectorScheduler

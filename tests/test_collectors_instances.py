@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from collectors.instances import InstanceCollector, InstanceTarget, normalise_health, parse_prometheus
+from collectors.instance_readings import normalise_health, parse_prometheus
+from collectors.instances import InstanceCollector, InstanceTarget
 from collectors.runner import Runner
 from tests.support import free_port
 from tests.test_collectors_helpers import servers, start_server, stop

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.exposition import ExpositionError, scan
-from collectors.instances import KEPT_FAMILIES, PromReading, parse_prometheus
+from collectors.instance_readings import KEPT_FAMILIES, PromReading, parse_prometheus
 
 DATA = Path(__file__).parent / "data"
 PAGES = ["promclient-15.1.3-default.txt", "sampleapp-metrics.txt"]
