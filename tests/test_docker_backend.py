@@ -3,6 +3,9 @@
 The session fixture starts dockerd (scripts/docker/ensure-dockerd.sh) when none runs and stops it afterwards;
 images are built from compose/ on a locally debootstrapped base (no registry). Every replica listens on its own
 loopback port; no traffic goes to a container or bridge address.
+
+Size (~580 lines): one file because every test shares the session's dockerd and built images (one dockerd per
+machine).
 """
 
 from __future__ import annotations

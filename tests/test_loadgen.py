@@ -1,6 +1,9 @@
 """The load generator against real servers: an nginx we start on a free port and a scripted Python HTTP server.
 
 Counts are exact: a run bounded to N requests must report exactly N outcomes of the expected kinds.
+
+Size (~530 lines): the generator's two dozen tests next to the two real servers they run against (the scripted
+server and nginx helpers and fixtures below); the pure shape/histogram tests at the top are what those runs build on.
 """
 
 from __future__ import annotations
