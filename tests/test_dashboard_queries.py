@@ -12,7 +12,7 @@ from actions import audit
 from actions.auth import Principal
 from core.samples import Sample, labels_of
 from core.store import Store
-from dashboard import queries, ranges, sample_data
+from dashboard import datastore_queries, queries, ranges, sample_data
 from dashboard.sample_data import FleetShape
 
 pytestmark = pytest.mark.fast  # no services: the fast tier
@@ -54,7 +54,7 @@ def test_stalled_collector_keeps_the_last_picture(store: Store) -> None:
 
 def test_counter_rates_come_from_the_store(store: Store) -> None:
     window = ranges.window("15 min", NOW)
-    charts = {c.title: c for c in queries.postgres_charts(store, window, "postgres:main")}
+    charts = {c.title: c for c in datastore_queries.postgres_charts(store, window, "postgres:main")}
     commits, rollbacks = charts["Commits and rollbacks"].traces
     assert commits.name == "commits/s" and commits.value[-1] == pytest.approx(50)
     assert rollbacks.value[-1] == pytest.approx(0.5)
@@ -79,7 +79,7 @@ def test_vanished_label_sets_are_dropped(store: Store) -> None:
     """An application that disconnected keeps its last `connections` row; only the newest scrape counts."""
     store.write_samples([Sample("postgres", "postgres:main", "connections", 4, NOW - 600, "count",
                                 labels_of(state="idle", application="gone"))])
-    view = queries.postgres_view(store, "postgres:main")
+    view = datastore_queries.postgres_view(store, "postgres:main")
     assert "gone" not in set(view.by_application["application"])
     assert sum(view.by_state.values()) == 14
 

@@ -6,7 +6,7 @@ location /__fleetdeck/generation. Any failure restores the previous files and re
 serving the last good configuration and the caller gets a failed ApplyResult. Success writes
 `<state_dir>/nginx/upstream.json`, which the nginx collector reads server states from.
 
-Size (~570 lines, above the ~500 the codebase aims for): one class whose render → validate → reload → verify →
+Size (~600 lines, above the ~500 the codebase aims for): one class whose render → validate → reload → verify →
 roll back path is read as one unit; split, the rollback would sit apart from what it undoes.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import figures, queries, ui
+from dashboard import datastore_queries, figures, queries, ui
 
 config = ui.fleet_config()
 store = ui.store()
@@ -17,12 +17,12 @@ def database_panel() -> None:
     data = ui.panel_data(store)
     ui.freshness(store, "postgres", data.now, ui.stale_after(config, "postgres"))
     ui.unreachable(queries.unreachable(store, "postgres"), data.now)
-    targets = queries.postgres_targets(store)
+    targets = datastore_queries.postgres_targets(store)
     if not targets:
         ui.no_data("Postgres")
         return
     for target in targets:
-        view = queries.postgres_view(store, target)
+        view = datastore_queries.postgres_view(store, target)
         st.subheader(target)
         ui.tiles(view.tiles, per_row=6)
         if view.by_state:
@@ -34,7 +34,7 @@ def database_panel() -> None:
             ui.table(view.by_application, "connections per application", f"pg-apps-{target}", column_config={
                 "connections": st.column_config.NumberColumn(format="%d"),
             })
-        pools = queries.pgbouncer_pools(store, target)
+        pools = datastore_queries.pgbouncer_pools(store, target)
         if not pools.empty:
             st.markdown("**PgBouncer pools**")
             if (pools["cl_waiting"].fillna(0) > 0).any():
@@ -43,7 +43,7 @@ def database_panel() -> None:
             ui.table(pools, "PgBouncer pools", f"pgbouncer-{target}", formats={
                 "cl_active": "{:.0f}", "cl_waiting": "{:.0f}", "sv_active": "{:.0f}", "sv_idle": "{:.0f}",
                 "maxwait_s": "{:.1f} s"})
-        ui.charts_grid(queries.postgres_charts(store, data.window, target), data, key_prefix=f"pg-{target}")
+        ui.charts_grid(datastore_queries.postgres_charts(store, data.window, target), data, key_prefix=f"pg-{target}")
 
 
 database_panel()

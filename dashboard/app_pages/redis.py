@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import figures, queries, ui
+from dashboard import datastore_queries, figures, queries, ui
 from dashboard.safe_text import md
 
 config = ui.fleet_config()
@@ -18,12 +18,12 @@ def redis_panel() -> None:
     data = ui.panel_data(store)
     ui.freshness(store, "redis", data.now, ui.stale_after(config, "redis"))
     ui.unreachable(queries.unreachable(store, "redis"), data.now)
-    targets = queries.redis_targets(store)
+    targets = datastore_queries.redis_targets(store)
     if not targets:
         ui.no_data("Redis")
         return
     for target in targets:
-        view = queries.redis_view(store, target, data.window)
+        view = datastore_queries.redis_view(store, target, data.window)
         st.subheader(md(target))
         if view.policy_ok is False:
             st.warning(f"maxmemory-policy is **{md(view.policy or 'not noeviction')}**: BullMQ needs `noeviction`, "
@@ -36,7 +36,7 @@ def redis_panel() -> None:
             # a bar against "no limit" would read as full: say what it means instead
             st.caption("maxmemory is 0 (unlimited): Redis grows until the machine runs out of memory. Set a limit "
                        "with `maxmemory-policy noeviction` so BullMQ errors instead of losing jobs.")
-        ui.charts_grid(queries.redis_charts(store, data.window, target), data, key_prefix=f"redis-{target}")
+        ui.charts_grid(datastore_queries.redis_charts(store, data.window, target), data, key_prefix=f"redis-{target}")
 
 
 redis_panel()
