@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from core.config_alerts import AlertsConfig
 from core.config_autoscale import AutoscalePolicy
+from core.pm2_ecosystem import EcosystemError, adopt
 from core.validators import check_host, check_http_url, check_listen, check_nginx_safe_path, check_url_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,11 @@ class ServiceConfig(_Strict):
     # pm2 backend: fork (one PM2 app per replica, each on its own port: drainable) or cluster (one PM2 app whose
     # instances share one port and are balanced by PM2: scaled with `pm2 scale`, restarted with `pm2 reload`)
     pm2_exec_mode: Literal["fork", "cluster"] = "fork"
+    # pm2 backend: an existing ecosystem file (relative to this file) whose app gives name, command, instances,
+    # exec_mode, env and cwd for every key not stated here (core/pm2_ecosystem.py); pm2_app picks one of its apps
+    pm2_ecosystem: str | None = None
+    pm2_app: str | None = None
+    pm2_cwd: str | None = None  # pm2 backend: the apps' working directory (default: fleetdeck's)
     # docker/swarm backends: the image, or the compose project/service that owns the replicas.
     image: str | None = None
     compose_project: DockerName | None = None
@@ -101,6 +107,8 @@ class ServiceConfig(_Strict):
                 f"replicas ({self.replicas}) must be within [min_replicas, max_replicas]"
                 f" = [{self.min_replicas}, {self.max_replicas}]"
             )
+        if self.backend != "pm2" and (self.pm2_ecosystem or self.pm2_app or self.pm2_cwd):
+            raise ValueError("pm2_ecosystem, pm2_app and pm2_cwd need backend: pm2")
         if self.backend in ("local", "pm2") and not self.command:
             raise ValueError(f"backend '{self.backend}' needs 'command' (a template with {{port}} and {{instance_id}})")
         if self.backend in ("local", "pm2") and len(self.ports.ports()) < self.max_replicas:
@@ -340,10 +348,16 @@ def _expand_env(value: object, where: str, source: str) -> object:
     return value
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
+def _format_errors(source: str, error: ValidationError, adopted: dict[int, tuple[str, set[str]]] | None = None
+                   ) -> str:
     lines = [f"{source}: invalid configuration ({error.error_count()} problem(s)):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = item["loc"]
+        if adopted and len(loc) > 2 and loc[0] == "services" and isinstance(loc[1], int) and loc[1] in adopted:
+            ecosystem, keys = adopted[loc[1]]
+            if str(loc[2]) in keys:
+                key += f" (from the ecosystem file {ecosystem})"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see docs/config.md)")
         elif item["type"] == "missing":
@@ -361,10 +375,29 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
     expanded = _expand_env(data, "", source)
     assert isinstance(expanded, dict)
     expanded["base_dir"] = str(base_dir or REPO_ROOT)
+    adopted = _adopt_ecosystems(expanded, source, base_dir or REPO_ROOT)
     try:
         return FleetConfig.model_validate(expanded)
     except ValidationError as error:
-        raise ConfigError(_format_errors(source, error)) from None
+        raise ConfigError(_format_errors(source, error, adopted)) from None
+
+
+def _adopt_ecosystems(data: dict[str, object], source: str, base_dir: Path) -> dict[int, tuple[str, set[str]]]:
+    """Services with `pm2_ecosystem` get the keys they do not state from their PM2 ecosystem file; returns, per
+    service index, the file and the keys it gave (validation errors on them name the file)."""
+    adopted: dict[int, tuple[str, set[str]]] = {}
+    services = data.get("services")
+    if not isinstance(services, list):
+        return adopted
+    for index, service in enumerate(services):
+        if isinstance(service, dict) and service.get("pm2_ecosystem") and service.get("backend") == "pm2":
+            try:
+                services[index] = adopt(service, base_dir)
+            except EcosystemError as error:
+                label = f" ({service['name']})" if isinstance(service.get("name"), str) else ""
+                raise ConfigError(f"{source}: services[{index}]{label}.pm2_ecosystem: {error}") from None
+            adopted[index] = (str(service["pm2_ecosystem"]), (set(services[index]) - set(service)) | {"env"})
+    return adopted
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

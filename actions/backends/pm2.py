@@ -15,7 +15,9 @@ port of the range and are balanced by PM2 itself; nginx has one server. Scaling 
 is `pm2 reload` (zero-downtime: a new worker listens before an old one is stopped); per-instance drain and restart
 are refused, because nginx cannot take one instance of a shared port out of rotation.
 
-Not covered yet: adopting an existing ecosystem file.
+An existing ecosystem file is adopted at configuration time (`pm2_ecosystem`, core/pm2_ecosystem.py): its app's
+script, instances, exec_mode, env (increment_var → one port per replica) and cwd fill the service's keys, so this
+backend sees an ordinary service.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class Pm2Orchestrator(LocalOrchestrator):
             self.pm2("delete", instance_id)
         script, interpreter, args = _pm2_script(argv)
         options = ["--name", instance_id, "--kill-timeout", str(int(service.stop_grace_s * 1000)),
-                   "--log", str(log_file), "--time", "--max-restarts", "3", "--interpreter", interpreter]
+                   "--log", str(log_file), "--time", "--max-restarts", "3", "--interpreter", interpreter,
+                   *_cwd_option(service)]
         env = {"SERVICE_NAME": service.name, **self.render_env(service, port, instance_id), MARKER_VAR: marker}
         self.pm2("start", script, *options, *(["--", *args] if args else []), extra_env=env)
         entry = next((e for e in self.jlist() if str(e.get("name")) == instance_id), None)
@@ -313,7 +316,7 @@ class Pm2Orchestrator(LocalOrchestrator):
                    MARKER_VAR: new_marker(fleet_key(self.config.state_path), service.name, service.name)}
             self.pm2("start", script, "--name", service.name, "-i", "1", "--kill-timeout",
                      str(int(service.stop_grace_s * 1000)), "--log", str(log_file), "--time",
-                     *(["--", *args] if args else []), extra_env=env)
+                     *_cwd_option(service), *(["--", *args] if args else []), extra_env=env)
         else:
             self.pm2("scale", service.name, str(len(before) + 1))
         deadline = time.monotonic() + service.boot_timeout_s
@@ -364,6 +367,12 @@ class Pm2Orchestrator(LocalOrchestrator):
                 states = ", ".join(f"{r.instance_id} {r.state}" for r in replicas) or "none"
                 raise BackendError(f"pm2 shows {len(online)} of {count} instances online ({states})")
             time.sleep(0.2)
+
+
+def _cwd_option(service: ServiceConfig) -> list[str]:
+    """`--cwd` for an app whose working directory is configured (an adopted ecosystem file's `cwd`, or its
+    directory, as pm2 itself would use)."""
+    return ["--cwd", str(service.pm2_cwd)] if service.pm2_cwd else []
 
 
 def _pm2_script(argv: list[str]) -> tuple[str, str, list[str]]:
