@@ -184,16 +184,11 @@ def adopt(service: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             raise EcosystemError(f"{key}.script: required (the file to run)")
         script_path = Path(script) if Path(script).is_absolute() else cwd / script
         args = app.get("args", [])
-        arg_list = shlex.split(args) if isinstance(args, str) else [str(a) for a in args] if isinstance(
-            args, list) else None
-        if arg_list is None:
-            raise EcosystemError(f"{key}.args: expected a string or a list, got {type(args).__name__}")
+        arg_list = _words(args, f"{key}.args")
         interpreter = str(app.get("interpreter") or "node")
-        node_args = app.get("node_args") or app.get("interpreter_args") or []
-        node_list = shlex.split(node_args) if isinstance(node_args, str) else [str(a) for a in node_args]
-        if interpreter in ("node", "nodejs") or interpreter.endswith("/node"):
-            argv = ["node", *node_list, str(script_path), *arg_list]
-        elif interpreter == "none":
+        node_key = "node_args" if app.get("node_args") else "interpreter_args"
+        node_list = _words(app.get(node_key) or [], f"{key}.{node_key}")
+        if interpreter == "none":
             argv = [str(script_path), *arg_list]
         else:
             argv = [interpreter, *node_list, str(script_path), *arg_list]
@@ -243,6 +238,18 @@ def adopt(service: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     env.update({str(k): v for k, v in (service.get("env") or {}).items()})  # fleet.yaml's values win
     filled["env"] = env
     return filled
+
+
+def _words(value: Any, key: str) -> list[str]:
+    """`args`/`node_args`: a command-line string or a list, as pm2 takes them."""
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as error:
+            raise EcosystemError(f"{key}: {error}") from None
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    raise EcosystemError(f"{key}: expected a string or a list, got {type(value).__name__}")
 
 
 def _env_text(value: Any, key: str) -> str:
