@@ -135,6 +135,31 @@ def time_chart(
     return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
+# Drag-to-zoom needs points under the dragged box (Plotly reports a box selection only with the points inside it).
+# Invisible markers on at most this many samples of one line are enough for any drag wider than 1/ZOOM_HANDLE_POINTS
+# of the window, and cost the browser a fraction of an invisible marker on every sample of every line and band edge
+# (thousands of SVG paths per page: docs/design-notes.md, "Streamlit").
+ZOOM_HANDLE_POINTS = 120
+
+
+def add_zoom_handles(figure: go.Figure, points: int = ZOOM_HANDLE_POINTS) -> None:
+    """Add an invisible, hover-less trace of at most `points` samples of the figure's longest line, so that a
+    horizontal box drag over the data selects some (the samples lie inside the y axis range by construction)."""
+    lines = [t for t in figure.data if getattr(t, "mode", None) == "lines" and t.hoverinfo != "skip"
+             and t.x is not None and len(t.x)]
+    if not lines:
+        return  # no data in the range: nothing to zoom into
+    longest = max(lines, key=lambda t: len(t.x))
+    x, y = np.asarray(longest.x), np.asarray(longest.y)
+    picked = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).round().astype(int))
+    figure.add_trace(go.Scatter(
+        x=x[picked], y=y[picked], mode="markers", name="zoom handles", showlegend=False,
+        # "none", not "skip": a skipped trace is left out of selections too
+        hoverinfo="none",
+        marker={"size": 4, "opacity": 0}, selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}},
+    ))
+
+
 def budget_bar(used_by_state: Mapping[str, float], budget: float | None, limit: float | None, title: str) -> go.Figure:
     """One horizontal stacked bar (connections by state) against the fleet's budget and the server's limit."""
     figure = go.Figure()

@@ -297,10 +297,9 @@ def chart(spec: Chart, data: PanelData, key: str | None = None, height: int = 26
     # drag on a chart to zoom every chart of the dashboard to that span (Grafana's gesture): the box selection
     # comes back to the script, which puts it in the URL; "Back to the live range" in the sidebar undoes it
     figure.update_layout(dragmode="select", selectdirection="h")
-    # Plotly reports a box only with the points inside it, and lines alone have none: invisible markers make
-    # every sample selectable (and the selection does not dim anything)
-    figure.update_traces(selector={"mode": "lines"}, mode="lines+markers", marker={"size": 4, "opacity": 0},
-                         selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}})
+    # Plotly reports a box only with the points inside it, and lines alone have none: invisible markers on a
+    # sample of the data make any drag select some (one on every sample cost the browser seconds per page)
+    figures.add_zoom_handles(figure)
     generation = int(st.session_state.get(ZOOM_GENERATION_KEY, 0))
     event = st.plotly_chart(figure, theme="streamlit", key=f"{key}-z{generation}" if key else None,
                             config={"displaylogo": False}, on_select="rerun", selection_mode="box")

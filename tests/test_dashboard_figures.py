@@ -67,6 +67,27 @@ def test_time_chart_traces_bands_and_cap() -> None:
     assert y_values(figure, "latency max").max() == 5001.0
 
 
+def test_zoom_handles_are_few_invisible_points_on_the_data_not_a_marker_per_sample() -> None:
+    """Drag-to-zoom needs selectable points; a marker on every sample of every line and band edge cost the browser
+    thousands of SVG paths per page (the Instances page drew 3,600), so one bounded trace carries them."""
+    big = noisy(20_000)
+    banded = Trace("latency", big.ts, big.value, big.value - 1, big.value + 1)
+    figure = figures.time_chart([banded, noisy(300)], "Latency", "ms")
+    lines = list(figure.data)
+    figures.add_zoom_handles(figure)
+    assert list(figure.data[:-1]) == lines and all(t.mode == "lines" for t in lines)  # the lines stay marker-free
+    handles = figure.data[-1]
+    assert handles.mode == "markers" and handles.marker.opacity == 0 and not handles.showlegend
+    assert handles.hoverinfo == "none"  # "skip" would leave it out of box selections too
+    assert 2 <= len(handles.x) <= figures.ZOOM_HANDLE_POINTS
+    longest = max(lines[2:], key=lambda t: len(t.x))  # the 20,000-sample line (capped), not a band edge
+    assert handles.x[0] == longest.x[0] and handles.x[-1] == longest.x[-1]  # spans the whole line
+    assert set(np.asarray(handles.y)) <= set(np.asarray(longest.y))  # on the data: inside the y axis range
+    empty = figures.time_chart([], "Nothing", "ms")
+    figures.add_zoom_handles(empty)
+    assert len(empty.data) == 0  # nothing to zoom into
+
+
 def test_many_traces_drop_bands_and_stacked_has_no_bands() -> None:
     traces = [Trace(f"s{i}", np.arange(10.0), np.arange(10.0), np.zeros(10), np.full(10, 20.0)) for i in range(6)]
     assert len(figures.time_chart(traces, "many").data) == 6
