@@ -91,7 +91,9 @@ def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_n
         assert min(e.ts for e in downs) - burst_stopped >= WINDOW_S - 3, (burst_stopped, [e.ts for e in downs])
         timeline = decisions(store, "web", started, time.time())
         acted = [d for d in timeline if d["acted"]]
-        assert acted and all(d["result"] == "ok" for d in acted)
+        assert acted and all(d["result"] == "ok" for d in acted), [
+            (d["ts"], d["current"], d["desired"], d["result"], d["message"]) for d in acted if d["result"] != "ok"
+        ]
         assert any("ceil(" in reason for d in acted for reason in d["reasons"])
         first_down_ts = min(e.ts for e in downs)
         held = [d for d in timeline if burst_stopped < d["ts"] < first_down_ts - 1 and not d["acted"]]
