@@ -319,7 +319,9 @@ def bench_scale(count: int, interval_s: float, duration_s: float) -> None:
     print(f"  targets up at the end {len(ups):,}/{count:,}; collector process CPU {cpu / wall * 100:.0f}% of one core")
     for reason, seen in sorted(errors.items(), key=lambda item: -item[1])[:3]:
         print(f"    down: {seen:,} x {reason}")
-    print(f"  store writes took {write_seconds[0] / wall * 100:.0f}% of the wall time")
+    print(f"  store writes took {write_seconds[0] / wall * 100:.0f}% of the wall time; samples written"
+          f" {scheduler.writer.written_total:,}, dropped from a full backlog {scheduler.writer.dropped_total:,}"
+          f"  {_verdict(scheduler.writer.dropped_total == 0)}")
     print(f"  collector RSS {statistics.median(rss_samples):.0f} MB median, peak {peak_rss_mb():.0f} MB")
 
 
