@@ -16,7 +16,12 @@ from tests.support import REPO_ROOT
 
 COMPOSE_DIR = Path(REPO_ROOT) / "compose"
 COMPOSE = shutil.which("docker-compose")
-pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is installed by make test")
+
+
+@pytest.fixture(autouse=True)
+def compose_installed() -> None:
+    """make test installs docker-compose: a missing one is a broken set-up, reported as a failure, not a skip."""
+    assert COMPOSE is not None, "docker-compose is missing: scripts/ensure-system-packages.sh test installs it"
 
 
 def render(**env: str) -> subprocess.CompletedProcess[str]:

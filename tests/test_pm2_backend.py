@@ -28,7 +28,12 @@ from tests.support_load import PostLoad, action_fleet_config
 
 OPERATOR = Principal("test-operator", "operator", "dashboard")
 
-pytestmark = pytest.mark.skipif(not PM2_BINARY.exists(), reason="pm2 is installed by `make express-app` (npm ci)")
+
+
+@pytest.fixture(autouse=True)
+def pm2_installed() -> None:
+    """make test installs pm2 (`make express-app`): a missing one is a broken set-up, a failure, not a skip."""
+    assert PM2_BINARY.exists(), "pm2 is missing: `make express-app` installs it with npm ci"
 
 HARNESS = Principal("test-harness", "admin", "cli")  # up/down are admin, audited verbs
 

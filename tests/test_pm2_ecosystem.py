@@ -131,8 +131,8 @@ def test_the_loader_ignores_what_the_file_prints(tmp_path: Path) -> None:
     assert [app["name"] for app in load_apps(path)] == ["shop"]
 
 
-@pytest.mark.skipif(not PM2_BINARY.exists(), reason="pm2 is installed by `make express-app` (npm ci)")
 def test_up_and_down_with_only_the_ecosystem_file_configured(tmp_path: Path) -> None:
+    assert PM2_BINARY.exists(), "pm2 is missing: `make express-app` (run by make test) installs it with npm ci"
     base = free_port_block(8)
     write_ecosystem(tmp_path, base)
     fleet_file = tmp_path / "fleet.yaml"
