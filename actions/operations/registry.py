@@ -52,7 +52,7 @@ class Operation(Protocol):
 
 OPERATIONS: dict[str, Operation] = {
     operation.name: operation
-    for operation in (Scale(), Drain(), Undrain(), Restart(), RollingRestart(), SetLimits())
+    for operation in (Scale(), Drain(), Undrain, Restart, RollingRestart, SetLimits())
 }
 
 

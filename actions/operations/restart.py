@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
 
 from actions import audit
 from actions.auth import Principal
@@ -12,7 +10,7 @@ from actions.backends.base import DRAINING, UP, FleetdeckActionError, Replica, U
 from actions.operations import drain, pm2_cluster
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, plan_for_instance, run_operation
-from actions.operations.types import RESTART, OperationResult, Plan, state_of
+from actions.operations.types import RESTART, OperationResult, Plan, TargetOnlyOperation, state_of
 from core.config import ServiceConfig
 
 
@@ -87,18 +85,5 @@ def restart_locked(ctx: OperationContext, op: audit.Operation, service: ServiceC
                            result=audit.OK)
 
 
-class Restart:
-    """The registry entry (see registry.py)."""
-
-    name = RESTART
-    label = "Restart"
-    scope = "instance"
-    options: tuple[str, ...] = ()
-
-    def plan(self, ctx: OperationContext, target: str, params: Mapping[str, Any],
-             principal: Principal | None = None) -> Plan:
-        return plan(ctx, target, principal)
-
-    def execute(self, ctx: OperationContext, principal: Principal, target: str, params: Mapping[str, Any],
-                op_id: str | None = None) -> OperationResult:
-        return execute(ctx, principal, target, op_id=op_id)
+Restart = TargetOnlyOperation(RESTART, "Restart", "instance", plan, execute)
+"""The registry entry (see registry.py)."""

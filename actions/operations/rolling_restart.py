@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from actions import audit
 from actions.auth import Principal
 from actions.backends.base import UP
@@ -12,7 +9,15 @@ from actions.operations import drain, pm2_cluster
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, check_permission, default_ttl, planned, run_operation
 from actions.operations.restart import restart_locked
-from actions.operations.types import ROLLING_RESTART, OperationResult, Plan, Refusal, servers_dicts, state_of
+from actions.operations.types import (
+    ROLLING_RESTART,
+    OperationResult,
+    Plan,
+    Refusal,
+    TargetOnlyOperation,
+    servers_dicts,
+    state_of,
+)
 from core.config import ServiceConfig
 
 
@@ -81,18 +86,5 @@ def execute(ctx: OperationContext, principal: Principal, service_name: str, *,
                          ttl)
 
 
-class RollingRestart:
-    """The registry entry (see registry.py)."""
-
-    name = ROLLING_RESTART
-    label = "Rolling restart"
-    scope = "service"
-    options: tuple[str, ...] = ()
-
-    def plan(self, ctx: OperationContext, target: str, params: Mapping[str, Any],
-             principal: Principal | None = None) -> Plan:
-        return plan(ctx, target, principal)
-
-    def execute(self, ctx: OperationContext, principal: Principal, target: str, params: Mapping[str, Any],
-                op_id: str | None = None) -> OperationResult:
-        return execute(ctx, principal, target, op_id=op_id)
+RollingRestart = TargetOnlyOperation(ROLLING_RESTART, "Rolling restart", "service", plan, execute)
+"""The registry entry (see registry.py)."""

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -202,3 +202,22 @@ def probe_health(replica: Replica, service: ServiceConfig, timeout_s: float = 1.
     else:
         normalised = "fail"
     return Health(normalised, int(in_flight) if isinstance(in_flight, int | float) else None, draining)
+
+
+class TargetOnlyOperation:
+    """A registry entry (see registry.py) for an operation that takes nothing beyond its target: it forwards to the
+    module's own `plan(ctx, target, principal)` and `execute(ctx, principal, target, op_id=...)`."""
+
+    options: tuple[str, ...] = ()
+
+    def __init__(self, name: str, label: str, scope: str, plan: Callable[..., Plan],
+                 execute: Callable[..., OperationResult]) -> None:
+        self.name, self.label, self.scope = name, label, scope
+        self._plan, self._execute = plan, execute
+
+    def plan(self, ctx: Any, target: str, params: Mapping[str, Any], principal: Any = None) -> Plan:
+        return self._plan(ctx, target, principal)
+
+    def execute(self, ctx: Any, principal: Any, target: str, params: Mapping[str, Any],
+                op_id: str | None = None) -> OperationResult:
+        return self._execute(ctx, principal, target, op_id=op_id)

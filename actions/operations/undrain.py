@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from actions import audit
 from actions.auth import Principal
 from actions.backends.base import UP, Replica, UpstreamServer
 from actions.operations.context import OperationContext
 from actions.operations.frame import Body, plan_for_instance, run_operation
-from actions.operations.types import UNDRAIN, OperationResult, Plan, Refusal, state_of, with_state
+from actions.operations.types import UNDRAIN, OperationResult, Plan, Refusal, TargetOnlyOperation, state_of, with_state
 from core.config import ServiceConfig
 
 
@@ -65,18 +62,5 @@ def execute(ctx: OperationContext, principal: Principal, instance: str, *,
     return run_operation(ctx, principal, UNDRAIN, ctx.target_of(instance), {"instance": instance}, prepare, op_id)
 
 
-class Undrain:
-    """The registry entry (see registry.py)."""
-
-    name = UNDRAIN
-    label = "Undrain"
-    scope = "instance"
-    options: tuple[str, ...] = ()
-
-    def plan(self, ctx: OperationContext, target: str, params: Mapping[str, Any],
-             principal: Principal | None = None) -> Plan:
-        return plan(ctx, target, principal)
-
-    def execute(self, ctx: OperationContext, principal: Principal, target: str, params: Mapping[str, Any],
-                op_id: str | None = None) -> OperationResult:
-        return execute(ctx, principal, target, op_id=op_id)
+Undrain = TargetOnlyOperation(UNDRAIN, "Undrain", "instance", plan, execute)
+"""The registry entry (see registry.py)."""
