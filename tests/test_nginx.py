@@ -146,6 +146,7 @@ def test_render_validate_reload_and_rollback(
     # a config nginx accepts but whose generation never shows up is rolled back too
     stale = StaleGenerationNginx(config, verify_timeout_s=1).apply(servers_for(backends))
     assert not stale.ok and stale.rolled_back and "not live" in stale.detail
+    assert "WARNING" not in stale.detail, "the rollback itself must be verified live, the rejected workers retired"
     assert generation_answers(nginx) == {1} and nginx.generation() == 1
     assert set(served_by(base, 10)) == {"web-1", "web-2"}
 

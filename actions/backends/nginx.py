@@ -532,13 +532,20 @@ class ManagedNginx:
         return ApplyResult(True, generation, previous_gen, servers, detail)
 
     def _reload_quietly(self, previous_gen: int | None = None) -> str:
-        """Reload the restored files; when a generation is given, wait until it serves again."""
+        """Reload the restored files; when a generation is given, wait until it serves again.
+
+        The workers running the rejected generation are retired by this reload: the wait covers them too, or a
+        connection accepted by one of them in the next moments would still be served the rejected configuration.
+        """
+        master = self.master_pid()
+        rejected_workers = set(self._children_of(master)) if master else set()
         with contextlib.suppress(NginxError, OSError):
-            if self.master_pid():
+            if master:
                 self.reload()
         if previous_gen is None or not self.master_pid():
             return ""
-        served = self._wait_generation(previous_gen)
+        # the restore is waited for longer than a forward apply: it is what keeps the fleet served
+        served = self._wait_generation(previous_gen, rejected_workers, timeout_s=max(self.verify_timeout_s, 10.0))
         return "" if served == previous_gen else f"; WARNING: after the rollback nginx serves generation {served}"
 
     def _still_accepting(self, retired: set[int]) -> list[int]:
@@ -553,7 +560,9 @@ class ManagedNginx:
             if pid_alive(pid) and "shutting down" not in " ".join(proc_cmdline(pid) or ["shutting down"])
         ]
 
-    def _wait_generation(self, generation: int, retired: set[int] | None = None, confirmations: int = 4) -> int | None:
+    def _wait_generation(
+        self, generation: int, retired: set[int] | None = None, confirmations: int = 4, timeout_s: float | None = None
+    ) -> int | None:
         """Poll until every retired worker stopped accepting and `generation` answers on fresh connections.
 
         Right after a reload the previous workers may still accept a connection or two before they close
@@ -561,7 +570,7 @@ class ManagedNginx:
         the old workers' own state is checked too (that is what makes a later request certain to be served
         by the new generation), and the answer must repeat on several fresh connections.
         """
-        deadline = time.monotonic() + self.verify_timeout_s
+        deadline = time.monotonic() + (self.verify_timeout_s if timeout_s is None else timeout_s)
         streak = 0
         served = None
         while time.monotonic() < deadline:
