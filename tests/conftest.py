@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.support import PG_ADMIN_DSN, REDIS_URL, unique_name
+from tests.support_apps import launch  # noqa: F401  (a fixture: both sample apps as real processes)
 
 
 @pytest.fixture(scope="session")

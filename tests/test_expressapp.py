@@ -8,14 +8,8 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,80 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.instances import InstanceCollector, InstanceTarget
 from collectors.runner import Runner
-from tests.support import PYTHON, REPO_ROOT, free_port, wait_http
+from tests.support import wait_http
+from tests.support_apps import Launcher, call, post_json
 from tests.support_load import SAMPLE_APPS
-
-EXPRESS_DIR = Path(REPO_ROOT) / "compose" / "expressapp"
-PYTHON_APP = Path(REPO_ROOT) / "compose" / "sampleapp" / "app.py"
-
-
-@dataclass
-class Running:
-    instance_id: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-Launcher = Callable[..., Running]
-
-
-@pytest.fixture
-def launch(pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Launcher]:
-    """Starts instances of either sample app on this test's database and BullMQ prefix; stops them by PID."""
-    started: list[Running] = []
-
-    def start(app: str, instance_id: str, wait_ready: bool = True, **env: str) -> Running:
-        port = free_port()
-        log_path = tmp_path / f"{app}-{instance_id}.log"
-        full_env = {**os.environ, "DATABASE_URL": pg_dsn, "REDIS_URL": redis_url, "BULLMQ_PREFIX": redis_prefix,
-                    "APP_VERSION": "1.2.3-test", "QUEUES": "emails,reports", "POOL_MAX": "5",
-                    "PORT": str(port), "INSTANCE_ID": instance_id, **env}
-        if app == "express":
-            command = ["node", str(EXPRESS_DIR / "app.js")]
-        else:
-            command = [PYTHON, str(PYTHON_APP), "--port", str(port), "--instance-id", instance_id]
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-        running = Running(instance_id, port, process, log_path)
-        started.append(running)
-        if wait_ready:
-            try:
-                wait_http(f"{running.base}/readyz", timeout_s=20)
-            except TimeoutError as error:
-                raise AssertionError(f"{instance_id} never became ready; log:\n{running.log()}") from error
-        return running
-
-    yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait(timeout=5)
-
-
-def call(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
-
-
-def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    return call("POST", url, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
 def multipart(field: str, filename: str, content_type: str, data: bytes) -> tuple[bytes, str]:
@@ -109,7 +32,7 @@ def multipart(field: str, filename: str, content_type: str, data: bytes) -> tupl
 
 @pytest.mark.parametrize("app", SAMPLE_APPS)
 def test_collector_reads_health_and_metrics_of_both_sample_apps(launch: Launcher, app: str) -> None:
-    running = launch(app, "web-a")
+    running = launch("web-a", app=app)
     for _ in range(3):
         assert call("POST", f"{running.base}/work/echo", b"abc")[0] == 200
     target = InstanceTarget("web/web-a", "web", running.base, "/health", "/metrics", 3.0)
@@ -134,7 +57,7 @@ def test_collector_reads_health_and_metrics_of_both_sample_apps(launch: Launcher
 
 
 def test_express_metrics_use_prom_client_names(launch: Launcher) -> None:
-    running = launch("express", "web-a")
+    running = launch("web-a", app="express")
     for number in range(4):
         assert call("POST", f"{running.base}/work/echo", b"x" * number)[0] == 200
     assert call("GET", f"{running.base}/no/such/route")[0] == 404
@@ -155,7 +78,7 @@ def test_express_metrics_use_prom_client_names(launch: Launcher) -> None:
 
 
 def test_express_sessions_uploads_and_jobs_are_shared(launch: Launcher, redis_url: str, redis_prefix: str) -> None:
-    a, b = launch("express", "web-a", wait_ready=False), launch("express", "web-b", wait_ready=False)
+    a, b = launch("web-a", app="express", wait_ready=False), launch("web-b", app="express", wait_ready=False)
     for running in (a, b):  # both boot at once: the schema lock keeps them from tripping over each other
         wait_http(f"{running.base}/readyz", timeout_s=20)
 
@@ -214,7 +137,7 @@ def job_state(redis_url: str, prefix: str, queue_name: str, job_id: str) -> str:
 
 def test_express_sigterm_finishes_in_flight_request_and_active_job(launch: Launcher, redis_url: str,
                                                                    redis_prefix: str) -> None:
-    running = launch("express", "web-a", SHUTDOWN_TIMEOUT_S="15")
+    running = launch("web-a", app="express", SHUTDOWN_TIMEOUT_S="15")
     job = json.loads(post_json(f"{running.base}/api/jobs/emails", {"sleep_ms": 1500})[2])["jobId"]
     deadline = time.monotonic() + 5
     while json.loads(call("GET", f"{running.base}/api/jobs/emails/{job}")[2])["state"] != "active":

@@ -20,8 +20,8 @@ from collectors.instances import InstanceCollector, InstanceTarget
 from core.store import Store
 from dashboard import outage
 from tests.support import REPO_ROOT
+from tests.support_apps import Launcher, call, post_json
 from tests.support_faults import TcpProxy
-from tests.test_sampleapp import Launcher, call, launch, post_json  # noqa: F401  (launch is a fixture)
 
 DASHBOARD_APP = Path(REPO_ROOT) / "dashboard" / "app.py"
 
@@ -63,7 +63,7 @@ def collect(target: InstanceTarget) -> dict[str, object]:
 
 
 def test_dependency_outage_is_told_apart_from_an_instance_outage(
-    launch: Launcher, proxies: tuple[TcpProxy, TcpProxy], pg_dsn: str, redis_url: str, tmp_path: object  # noqa: F811
+    launch: Launcher, proxies: tuple[TcpProxy, TcpProxy], pg_dsn: str, redis_url: str, tmp_path: object
 ) -> None:
     pg_proxy, redis_proxy = proxies
     app = launch("web-f", DATABASE_URL=through(pg_dsn, pg_proxy), REDIS_URL=through(redis_url, redis_proxy),

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,103 +22,11 @@ import redis
 from bullmq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import PYTHON, REPO_ROOT, free_port, wait_http
-
-APP = str(Path(REPO_ROOT) / "compose" / "sampleapp" / "app.py")
-
-
-@dataclass
-class Instance:
-    instance_id: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+from tests.support import free_port, wait_http
+from tests.support_apps import AppInstance, Launcher, Reply, call, post_json
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def call(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10
-) -> Reply:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-
-
-def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-    return call("POST", url, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-
-def stop_by_pid(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-
-
-Launcher = Callable[..., Instance]
-
-
-@pytest.fixture
-def launch(pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Launcher]:
-    """Starts sample-app instances sharing this test's database and BullMQ prefix; stops them all by PID."""
-    started: list[Instance] = []
-
-    def start(instance_id: str, misbehave: bool = False, wait_ready: bool = True, **env: str) -> Instance:
-        port = free_port()
-        log_path = tmp_path / f"{instance_id}.log"
-        full_env = {
-            **os.environ,
-            "DATABASE_URL": pg_dsn,
-            "REDIS_URL": redis_url,
-            "BULLMQ_PREFIX": redis_prefix,
-            "SESSION_PREFIX": f"{redis_prefix}:sess:",
-            "APP_VERSION": "1.2.3-test",
-            "QUEUES": "emails,reports",
-            "POOL_MAX": "5",
-            **env,
-        }
-        command = [PYTHON, APP, "--port", str(port), "--instance-id", instance_id]
-        if misbehave:
-            command.append("--misbehave")
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-        instance = Instance(instance_id, port, process, log_path)
-        started.append(instance)
-        if wait_ready:
-            try:
-                wait_http(f"{instance.base}/readyz", timeout_s=15)
-            except TimeoutError as error:
-                raise AssertionError(f"{instance_id} never became ready; log:\n{instance.log()}") from error
-        return instance
-
-    yield start
-    for instance in started:
-        stop_by_pid(instance.process)
-
-
-def login_and_read_back(a: Instance, b: Instance) -> tuple[Reply, Reply]:
+def login_and_read_back(a: AppInstance, b: AppInstance) -> tuple[Reply, Reply]:
     login = post_json(f"{a.base}/api/login", {"user": "ann"})
     assert login.status == 200, login.body
     cookie = login.headers["set-cookie"].split(";", 1)[0]
@@ -133,7 +36,7 @@ def login_and_read_back(a: Instance, b: Instance) -> tuple[Reply, Reply]:
     return on_a, on_b
 
 
-def upload_and_read_back(a: Instance, b: Instance) -> tuple[bytes, Reply, Reply]:
+def upload_and_read_back(a: AppInstance, b: AppInstance) -> tuple[bytes, Reply, Reply]:
     payload = os.urandom(50_000)
     created = call("POST", f"{a.base}/api/uploads", payload, {"Content-Type": "application/octet-stream"})
     assert created.status == 201, created.body
