@@ -39,6 +39,11 @@ def scale_events(store: Store, service: str, since: float) -> list[Any]:
     return [e for e in store.audit(start=since, action="scale") if e.who == AUTOSCALER.name and e.result == "ok"]
 
 
+def grew(entry: Any) -> bool:
+    """A scale that added replicas: its target above the count it started from (the audit's `before`)."""
+    return int(entry.params["replicas"]) > int(entry.before["count"])
+
+
 def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_no_failed_request(
         tmp_path: Path, pg_dsn: str, redis_url: str) -> None:
     data = action_fleet_config(str(tmp_path), pg_dsn, redis_url, unique_name("fdt"), free_port_block(10),
@@ -65,7 +70,6 @@ def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_n
             with burst() as first:
                 wait_for(lambda: scale_events(store, "web", started), 45, "the autoscaler's first scale-up")
                 first.wait_requests(150, timeout_s=20)  # served by the new replicas too, through the change
-            peak = live(store, "web")
             flapping_from = time.time()
             for _ in range(2):  # flapping: 5 s quiet, 5 s busy, twice (a period shorter than the window)
                 time.sleep(5)
@@ -80,23 +84,32 @@ def test_load_scales_up_holds_through_flapping_then_down_after_the_window_with_n
             assert report.failed == 0, report.summary()
         assert bursts[0].report.sent > 150 and len(bursts[0].report.instances) >= 3, bursts[0].report.summary()
         events = scale_events(store, "web", started)
-        ups = [e for e in events if e.ts < burst_stopped]
-        downs = [e for e in events if e.ts > burst_stopped]
-        assert ups and downs, [(e.ts, e.params) for e in events]
-        assert peak >= 3
-        # flapping load: no replica went while it flapped, so none had to come back (no oscillation)
+        # up or down by what each scale did, not by when it ended: a scale-up asked for in the last busy period
+        # may finish after the load stopped
+        ups = [e for e in events if grew(e)]
+        downs = [e for e in events if not grew(e)]
+        counts = [(round(e.ts - burst_stopped, 1), e.before["count"], e.params["replicas"]) for e in events]
+        assert ups and downs, counts
+        # what the first burst asked for (1 + max_step_up) is what the same load, flapping, needs to keep; a
+        # count above it (a spike of the measured rate) may go as soon as no recommendation in the window asks
+        # for it, so the promise is about this level, not about the highest count reached
+        needed = ups[0].params["replicas"]
+        assert needed >= 3, counts
+        # flapping load: no scale while it flapped left fewer, so none had to come back (no oscillation)
         flapping = [e.params["replicas"] for e in events if flapping_from <= e.ts <= burst_stopped]
-        assert all(n >= peak for n in flapping), flapping
-        # nothing went before the window had passed since the load dropped (measured with a collection lag)
-        assert min(e.ts for e in downs) - burst_stopped >= WINDOW_S - 3, (burst_stopped, [e.ts for e in downs])
+        assert all(n >= needed for n in flapping), (needed, counts)
+        # fewer only once the window had passed since the load dropped (measured with a collection lag)
+        below = [e for e in downs if e.params["replicas"] < needed]
+        assert below, (needed, counts)
+        first_below_ts = min(e.ts for e in below)
+        assert first_below_ts - burst_stopped >= WINDOW_S - 3, (needed, counts)
         timeline = decisions(store, "web", started, time.time())
         acted = [d for d in timeline if d["acted"]]
         assert acted and all(d["result"] == "ok" for d in acted), [
-            (d["ts"], d["current"], d["desired"], d["result"], d["message"]) for d in acted if d["result"] != "ok"
+            (round(d["ts"] - started, 1), d["current"], d["desired"], d["result"], d["why_not"]) for d in acted
         ]
         assert any("ceil(" in reason for d in acted for reason in d["reasons"])
-        first_down_ts = min(e.ts for e in downs)
-        held = [d for d in timeline if burst_stopped < d["ts"] < first_down_ts - 1 and not d["acted"]]
+        held = [d for d in timeline if burst_stopped < d["ts"] < first_below_ts - 1 and not d["acted"]]
         assert held and all(d["desired"] == d["current"] for d in held)  # the window held the count
         assert any("scale-down window" in " ".join(d["reasons"]) for d in held), held
 
