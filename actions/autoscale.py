@@ -3,10 +3,11 @@
 Runs in the collector process (a scheduler job, collectors/scheduler.py), one decision per service every
 `interval` for each service whose policy is `advise` or `auto` (docs/autoscaling.md):
 
-- the observation comes from the latest samples in the store: live replicas from the replica registry, mean
-  `cpu_percent` of those replicas, requests/s and request-weighted p95 of the load balancer's upstream servers
-  (when the service is behind it), and `waiting` of the policy's BullMQ queues — each only when fresher than
-  `metrics_max_age`;
+- the observation: the live replicas as the service's backend lists them — the count the `scale` action starts
+  from, so a replica whose process died is not counted even while the registry still says `running` — and, from
+  the latest samples in the store, mean `cpu_percent` of those replicas, requests/s and request-weighted p95 of
+  the load balancer's upstream servers (when the service is behind it), and `waiting` of the policy's BullMQ
+  queues — each only when fresher than `metrics_max_age`;
 - every decision (inputs, the formula of each metric, the reasons, what was done or why not) is stored under the
   KV key `autoscale:latest:<service>` (what `status` shows), and as an event of kind `autoscale` (the timeline,
   drawn on the charts) whenever it acted or differs from the previous one — a repeat is counted on the latest
@@ -34,7 +35,7 @@ from typing import Any
 
 from actions.auth import Principal
 from actions.autoscale_logic import Decision, Observation, Recommendation, decide
-from actions.backends.base import LIVE_STATES
+from actions.backends.base import Replica
 from core.config import FleetConfig
 from core.config_autoscale import AutoscalePolicy
 
@@ -67,10 +68,14 @@ def _fresh(store: Any, source: str, metric: str, oldest: float) -> list[Any]:
     return [x for x in store.latest(source=source, metric=metric) if x.ts >= oldest]
 
 
-def observe(config: FleetConfig, store: Any, service: str, policy: AutoscalePolicy, now: float) -> Observation:
-    """The service as the latest fresh samples show it."""
+def observe(config: FleetConfig, store: Any, service: str, policy: AutoscalePolicy, now: float,
+            live: list[Replica]) -> Observation:
+    """The service as the latest fresh samples show it, with `live` its live replicas as its backend lists them.
+
+    The count must be the backend's, not the registry's: the registry says `running` until something lists the
+    service after a replica died, and a decision from that count asks the `scale` action for a change it then
+    finds already made (a no-op) or wrong by the dead replicas."""
     oldest = now - policy.metrics_max_age_s
-    live = [r for r in store.replicas(service) if r.state in LIVE_STATES]
     targets = {f"{service}/{r.instance_id}" for r in live}
     cpu_percent = p95_ms = rps_total = backlog = None
     if policy.cpu_percent is not None:
@@ -152,7 +157,8 @@ class Autoscaler:
         return [Recommendation(float(ts), int(n)) for ts, n in stored.get("recommendations", [])]
 
     def evaluate(self, service: str, policy: AutoscalePolicy, now: float) -> dict[str, Any]:
-        obs = observe(self.config, self.store, service, policy, now)
+        live = self.actions().live(self.config.service(service))
+        obs = observe(self.config, self.store, service, policy, now, live)
         bounds = effective_bounds(self.store, self.config, service)
         decision, history = decide(policy, obs, self._history(service), bounds)
         self.store.put_kv(history_key(service), {"recommendations": [[r.ts, r.replicas] for r in history[-2000:]]})

@@ -10,23 +10,27 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from actions.autoscale import Autoscaler, advice_lines
+from actions.backends.local import LocalOrchestrator
 from actions.operations import limits_key
 from cli.main import main
-from core.config import load_config
+from core.config import FleetConfig, load_config
 from core.samples import Sample
-from core.store import ReplicaRecord, Store
+from core.store import Store
+from tests.support import free_port_block
 from tests.test_dashboard_pages import APP, TIMEOUT_S, texts
+from tests.test_local_backend import cleanup, write_standin
 
 
 def test_advise_mode_recommendation_is_on_the_instances_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "fleet.yaml"
+    port = free_port_block(11)
     path.write_text(f"""
 state_dir: {tmp_path / "run"}
 services:
   - name: web
-    command: "true {{port}} {{instance_id}}"
-    ports: {{start: 20000, end: 20010}}
+    command: "{{python}} {write_standin(tmp_path)} --port {{port}} --instance-id {{instance_id}}"
+    ports: {{start: {port}, end: {port + 10}}}
 store: {{url: "sqlite:///{tmp_path / "fleetdeck.db"}"}}
 dashboard: {{embedded_collector: false}}
 autoscale:
@@ -34,11 +38,22 @@ autoscale:
 """)
     config = load_config(path)
     store = Store(config.store_url)
-    now = time.time()
-    for index in (1, 2):  # two running replicas at 90 % CPU: the policy wants ceil(2 × 90 / 50) = 4
-        store.upsert_replica(ReplicaRecord("web", f"web-{index}", "local", "127.0.0.1", 20000 + index, None,
-                                           "running", now, ""))
-        store.write_samples([Sample("instance", f"web/web-{index}", "cpu_percent", 90, now, "percent")])
+    try:
+        recommendation_shown(config, store, path, monkeypatch, capsys)
+    finally:
+        cleanup(config)
+        store.close()
+
+
+def recommendation_shown(config: FleetConfig, store: Store, path: Path, monkeypatch: pytest.MonkeyPatch,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real replicas (stand-ins, tests/test_local_backend.py): the autoscaler counts what the backend lists."""
+    service = config.service("web")
+    orchestrator = LocalOrchestrator(config, store)
+    replicas = [orchestrator.wait_healthy(service, orchestrator.start(service)) for _ in (1, 2)]
+    now = time.time()  # two running replicas at 90 % CPU: the policy wants ceil(2 × 90 / 50) = 4
+    store.write_samples([Sample("instance", f"web/{r.instance_id}", "cpu_percent", 90, now, "percent")
+                         for r in replicas])
     record = Autoscaler(config, store).evaluate("web", config.autoscale["web"], now)
     assert (record["current"], record["desired"], record["acted"]) == (2, 4, False)
     assert record["why_not"] == "mode is advise: recommendation only"
@@ -50,7 +65,6 @@ autoscale:
     Autoscaler(config, store).evaluate("web", config.autoscale["web"], now + 2)
     [line] = advice_lines(config, store)
     assert "scale up 2 → 4" in line and "ceil(2 × 90% / 50%) = 4" in line and "mode is advise" in line
-    store.close()
     capsys.readouterr()
     assert main(["--config", str(path), "autoscale", "status"]) == 0
     assert "not acted: mode is advise: recommendation only" in capsys.readouterr().out
