@@ -1,7 +1,10 @@
-"""The autoscaler counts the replicas the way the `scale` action does: as the service's backend lists them.
+"""How the autoscaler acts: it counts the replicas the way the `scale` action does (as the service's backend lists
+them), and a scale the guard rails refuse is explained and tried again at the next interval.
 
-Real stand-in replicas on the local backend (tests/test_local_backend.py); one of them is killed the way a crash
-would kill it, so the replica registry still says `running` until something lists the service.
+The count test runs real stand-in replicas on the local backend (tests/test_local_backend.py) and kills one the
+way a crash would, so the replica registry still says `running` until something lists the service. The busy test
+is in the fast tier: the operations over in-memory fakes of the orchestrator and health probe (tests/fakes.py)
+on a real in-memory store.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from actions.autoscale import Autoscaler
 from actions.backends.base import LIVE_STATES
 from actions.backends.local import LocalOrchestrator
+from actions.operations import FleetActions
 from core.config import parse_config
 from core.process import pid_alive
 from core.samples import Sample
 from core.store import Store
+from tests.fakes import FakeHealth, FakeOrchestrator
 from tests.support import free_port_block
 from tests.support_collector import wait_for
 from tests.test_local_backend import cleanup, write_standin
@@ -62,3 +69,38 @@ def test_a_replica_whose_process_died_is_not_counted_as_live(tmp_path: Path) -> 
     finally:
         cleanup(config)
         store.close()
+
+
+@pytest.mark.fast
+def test_a_busy_service_is_not_scaled_the_decision_says_why_and_the_next_interval_acts(tmp_path: Path) -> None:
+    config = parse_config({
+        "state_dir": "run",
+        "services": [{"name": "web", "backend": "local", "command": "true {port} {instance_id}",
+                      "ports": {"start": 20000, "end": 20005}, "min_replicas": 1, "max_replicas": 5}],
+        "autoscale": {"web": {"mode": "auto", "cpu_percent": 50, "interval": "10s"}},
+    }, "fast", tmp_path)
+    service = config.service("web")
+    store = Store("sqlite://")
+    orchestrator = FakeOrchestrator()
+    orchestrator.seed(service, 2)
+    autoscaler = Autoscaler(config, store, FleetActions(config, store, orchestrator=orchestrator,
+                                                         health_probe=FakeHealth()))
+
+    def busy_cpu(ts: float) -> None:  # 90 % on every replica: ceil(n × 90 / 50)
+        store.write_samples([Sample("instance", f"web/{r.instance_id}", "cpu_percent", 90, ts, "percent")
+                             for r in orchestrator.live(service)])
+
+    now = time.time()
+    busy_cpu(now)
+    # e.g. the autoscaler of a second collector process holds the service's action lock
+    assert store.acquire_lock("web", "scale", "autoscaler", "op-elsewhere", 60)[0]
+    [refused] = autoscaler.tick(now)
+    assert (refused["current"], refused["desired"], refused["acted"], refused["result"]) == (2, 4, True, "refused")
+    assert refused["why_not"].startswith("scale refused: busy: scale by autoscaler"), refused["why_not"]
+    assert len(orchestrator.live(service)) == 2 and autoscaler.tick(now + 1) == []  # the interval still counts
+    store.release_lock("web", "op-elsewhere")
+    busy_cpu(now + 10)
+    [acted] = autoscaler.tick(now + 10)
+    assert (acted["current"], acted["desired"], acted["result"]) == (2, 4, "ok")
+    assert len(orchestrator.live(service)) == 4
+    store.close()
