@@ -184,16 +184,20 @@ class FakeOrchestrator:
 
 
 class FakeBalancer:
-    """The upstream as a list; every apply is a new generation unless `reject` makes it fail (kept unchanged)."""
+    """The upstream as a list; every apply is a new generation unless `reject` makes it fail (kept unchanged);
+    `reject_after` = n lets n more applies through, then sets `reject` (an apply failing mid-operation)."""
 
     def __init__(self, servers: list[UpstreamServer] | None = None) -> None:
         self.servers = list(servers or [])
         self.gen = 1
         self.reject = False
+        self.reject_after: int | None = None
         self.old_workers = 0
         self.applied: list[list[UpstreamServer]] = []
 
     def apply(self, servers: list[UpstreamServer]) -> ApplyResult:
+        if self.reject_after is not None:
+            self.reject, self.reject_after = self.reject_after <= 0, max(self.reject_after - 1, 0)
         if self.reject:
             return ApplyResult(False, self.gen, self.gen, self.current(), "nginx -t: invalid parameter")
         self.gen += 1

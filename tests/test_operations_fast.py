@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from actions.auth import Principal
-from actions.backends.base import DOWN, UP, UpstreamServer
+from actions.backends.base import DOWN, DRAINING, UP, UpstreamServer
 from actions.operations import OPERATIONS, FleetActions, Health, limits_key, operations_for
 from tests.fakes import FakeBalancer, FakeHealth, FakeOrchestrator, MemoryOpsStore, fast_config
 
@@ -87,6 +87,18 @@ def test_scale_up_joins_only_healthy_replicas_and_scale_down_stops_the_newest(fl
     assert down.ok, down.detail
     assert sorted(fleet.upstream()) == ["web-1", "web-2"]
     assert ("stop", "web-4") in fleet.orchestrator.calls and ("stop", "web-3") in fleet.orchestrator.calls
+
+
+def test_a_scale_down_is_ok_when_only_removing_the_stopped_replicas_from_the_upstream_fails(fleet: Fleet) -> None:
+    fleet.balancer.reject_after = 1  # the apply that drains them goes through, the one after they stopped does not
+    result = fleet.actions.scale(OPERATOR, "web", 1)
+    # the count is reached, and nginx kept the generation where they are out of rotation: no request reaches them
+    assert result.ok and result.result == "ok", result.detail
+    assert [r.instance_id for r in fleet.orchestrator.live(fleet.service)] == ["web-1"]
+    assert fleet.upstream() == {"web-1": UP, "web-2": DRAINING, "web-3": DRAINING}
+    assert "removing them failed" in result.detail and "nginx -t: invalid parameter" in result.detail
+    assert fleet.results(result.op_id) == ["started", "ok"] and fleet.store.get_kv("desired:web")["replicas"] == 1
+    assert any(p.details["step"] == "apply_failed" for p in fleet.store.progress(result.op_id))
 
 
 def test_scale_up_rolls_back_a_replica_that_never_becomes_healthy(fleet: Fleet) -> None:
