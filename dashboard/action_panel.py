@@ -40,7 +40,7 @@ from actions.operations import (
     permission_of,
 )
 from core.config import FleetConfig, ServiceConfig
-from core.store import Store
+from core.store import Store, StoreView
 from dashboard.safe_text import md, md_code
 
 # The button icon of each operation (the operations themselves come from actions.operations.OPERATIONS).
@@ -101,7 +101,7 @@ def _service_of(config: FleetConfig, instance_id: str) -> tuple[str, str]:
     return (stem if stem in names else (names[0] if names else "")), instance
 
 
-def describe_lock(store: Store, service: str) -> str | None:
+def describe_lock(store: StoreView, service: str) -> str | None:
     for lock in store.locks():
         if lock.get("service") == service and float(lock.get("expires_at") or 0) > time.time():
             since = datetime.fromtimestamp(float(lock["acquired_at"])).strftime("%H:%M:%S")

@@ -135,6 +135,24 @@ def test_instances_table_and_detail(open_page: Callable[[Path, str], AppTest], n
     assert [b.label for b in app.get("download_button")] == ["Download instances (CSV)"]
 
 
+def test_instance_and_service_actions_are_drawn_when_opened(open_page: Callable[[Path, str], AppTest],
+                                                            normal_config: Path) -> None:
+    """The action widgets sit in expanders drawn only while open (they held the page's first chart back); an
+    open one stays open while the operator picks another instance."""
+    app = open_page(normal_config, "instances")
+    labels = [e.label for e in app.expander]
+    assert "Drain, undrain or restart this instance" in labels and "Scale or roll **web**" in labels
+    assert not any(b.label in ("Drain", "Scale") for b in app.button)
+    app.session_state["fd_instance_actions"] = True  # what a click on the expander does
+    app.session_state["fd_service_actions-web"] = True
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert {"Drain", "Undrain", "Restart", "Scale", "Rolling restart"} <= {b.label for b in app.button}
+    assert app.button(key="fd-act-web-web-1-drain").disabled  # read-only before a login
+    app.selectbox(key="fd_instance").set_value("web/web-3").run()
+    assert app.button(key="fd-act-web-web-3-drain") is not None
+
+
 def test_load_balancer_page(open_page: Callable[[Path, str], AppTest], normal_config: Path) -> None:
     app = open_page(normal_config, "load_balancer")
     assert metrics(app)["Requests/s"] == "42.5"

@@ -228,6 +228,10 @@ def test_instance_detail_tails_and_searches_the_replica_log(open_page: Callable[
                                                             states_config: Path) -> None:
     app = open_page(states_config, "instances")
     app.selectbox(key="fd_instance").set_value("web/web-1").run()
+    # drawn only while its expander is open (a closed one reads no log and costs the browser nothing)
+    assert not app.code and "fd_log_search" not in app.session_state
+    app.session_state["fd_log_open"] = True  # what a click on the expander does
+    app.run()
     log = app.code[-1].value.splitlines()
     assert len(log) == 200 and log[-3] == "GET /work/echo 200 request 499"
     assert log[-1].endswith(" …") and len(log[-1]) < 2100  # a runaway line is cut

@@ -10,13 +10,15 @@ from actions import replica_logs
 from actions.autoscale import advice_lines
 from core.redact import redact
 from dashboard import fleet_state, queries, ranges, ui
-from dashboard.instance_actions import render_instance_actions, render_service_actions
+from dashboard.action_panel import describe_lock
+from dashboard.instance_actions import render_instance_actions_on_demand, render_service_actions
 from dashboard.safe_text import md, md_code
 
 config = ui.fleet_config()
 store = ui.store()
 STATUS_BADGE = {"UP": "green", "WARN": "orange", "DRAINING": "orange", "FAIL": "red", "DOWN": "red",
                 "STALE": "red", "UNKNOWN": "gray"}
+LOG_KEY = "fd_log_open"  # the log expander's open state
 ROTATION_BADGE = {"in rotation": "blue", "draining": "orange", "out": "violet"}
 
 
@@ -29,6 +31,13 @@ def rotation_badge(rotation: object) -> str:
 
 
 st.title("Instances")
+# Slots in reading order, filled charts first (bottom of the script): Streamlit sends elements in the order the
+# script makes them, and the browser fetches each element's code and draws it as it arrives, on one thread. With
+# the table and the action widgets made first, their code (the data grid's alone is ~1.5 MB) was loaded and run
+# before Plotly's and held the first chart back on a cold open (bench/bench_browser.py). The page reads the same
+# once drawn; only the order in which its parts appear changes.
+table_slot = st.container()
+service_slot = st.container()
 
 
 @ui.live
@@ -60,14 +69,19 @@ def instances_panel() -> None:
     })
 
 
-instances_panel()
-for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
-    st.caption(md(line))  # service names and stored decision texts: shown as text
-render_service_actions(config)
+def service_panel() -> None:
+    for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
+        st.caption(md(line))  # service names and stored decision texts: shown as text
+    render_service_actions(config)
+
 
 def render_log(target: str) -> None:
-    """The replica's log: the last N lines, or the last N containing a text (read fresh on every rerun)."""
-    with st.expander(f"Log of {target}", icon=":material/article:"):
+    """The replica's log: the last N lines, or the last N containing a text (read fresh on every rerun while the
+    expander is open; closed, it reads nothing and the browser draws nothing but its label)."""
+    box = st.expander("Log of this instance", icon=":material/article:", key=LOG_KEY, on_change="rerun")
+    if not box.open:
+        return
+    with box:
         lines_col, search_col, _ = st.columns([1, 2, 1])
         lines = lines_col.selectbox("Lines", [50, 200, 1000], index=1, key="fd_log_lines")
         search = search_col.text_input("Search (case-insensitive)", key="fd_log_search", max_chars=200)
@@ -82,47 +96,59 @@ def render_log(target: str) -> None:
         st.code("\n".join(view.lines) or "(nothing)", language=None, height=400 if len(view.lines) > 15 else "content")
 
 
+@ui.live
+def detail_panel(target: str) -> None:
+    data = ui.panel_data(store)
+    state = fleet_state.fleet_state(store, data.now)
+    detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
+    colour = STATUS_BADGE.get(detail.status, "gray")
+    st.markdown(f"**{md(target)}** :{colour}-badge[{md(detail.status)}]{rotation_badge(detail.rotation)}")
+    st.caption(ranges.freshness(detail.last_ts, data.now))
+    busy = describe_lock(store, target.partition("/")[0])
+    if busy:  # the action widgets may be closed: a running action is said here, refreshed with the panel
+        st.info(md(busy), icon=":material/hourglass_top:")
+    if detail.error:
+        last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
+                   f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
+        st.error(f"Last error: {md(redact(detail.error))} — {last_ok}", icon=":material/error:")
+    left, right = st.columns([1, 2])
+    with right:  # the charts before the health body and events, for the same reason as the slots at the top
+        ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
+    with left:
+        st.markdown("**Health response**")
+        if detail.health_json is None:
+            st.caption("No health body stored yet.")
+        elif isinstance(detail.health_json, dict | list):
+            st.json(detail.health_json, expanded=1)
+        else:
+            st.code(str(detail.health_json))
+        st.markdown("**Recent events**")
+        if detail.events:
+            for event in reversed(detail.events[-10:]):
+                st.caption(f"{ranges.format_clock(event.ts)} · {md(event.kind)} · {md(event.message)}")
+        else:
+            st.caption("No events for this instance in the range.")
+
+
 st.subheader("Instance detail")
 _state_now = fleet_state.fleet_state(store, time.time())
 # a replica an action removed is history now: the picker offers the live ones
 targets = sorted(_state_now.keep(row.series.target for row in store.latest(source="instance", metric="up")))
+selected = (ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]) if targets else None
 if not targets:
     st.caption("Instances appear here once the collectors have scraped them.")
-else:
-    selected = ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]
-    # ACTION HOOK: the actions issue fills this container (dashboard/instance_actions.py)
-    actions_slot = st.container()
-    render_instance_actions(actions_slot, config, store, selected)
+# ACTION HOOK: the actions issue fills this container (dashboard/instance_actions.py)
+actions_slot = st.container()
+detail_slot = st.container()
 
-    @ui.live
-    def detail_panel(target: str) -> None:
-        data = ui.panel_data(store)
-        state = fleet_state.fleet_state(store, data.now)
-        detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
-        colour = STATUS_BADGE.get(detail.status, "gray")
-        st.markdown(f"**{md(target)}** :{colour}-badge[{md(detail.status)}]{rotation_badge(detail.rotation)}")
-        st.caption(ranges.freshness(detail.last_ts, data.now))
-        if detail.error:
-            last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
-                       f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
-            st.error(f"Last error: {md(redact(detail.error))} — {last_ok}", icon=":material/error:")
-        left, right = st.columns([1, 2])
-        with left:
-            st.markdown("**Health response**")
-            if detail.health_json is None:
-                st.caption("No health body stored yet.")
-            elif isinstance(detail.health_json, dict | list):
-                st.json(detail.health_json, expanded=1)
-            else:
-                st.code(str(detail.health_json))
-            st.markdown("**Recent events**")
-            if detail.events:
-                for event in reversed(detail.events[-10:]):
-                    st.caption(f"{ranges.format_clock(event.ts)} · {md(event.kind)} · {md(event.message)}")
-            else:
-                st.caption("No events for this instance in the range.")
-        with right:
-            ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
-
-    detail_panel(selected)
+# the filling order (see the slots at the top): charts, then the table, then the widgets
+if selected:
+    with detail_slot:
+        detail_panel(selected)
+with table_slot:
+    instances_panel()
+with service_slot:
+    service_panel()
+if selected:
+    render_instance_actions_on_demand(actions_slot, config, store, selected)
     render_log(selected)
