@@ -5,7 +5,9 @@ The live views (tiles, tables, badges, error boxes) use it to tell three cases a
 - a replica that died (registry state `dead`, or its polls fail): DOWN, and it counts as dead;
 - a replica an action removed (its last lifecycle event is `replica.stop` and it left the registry): it leaves
   the live views at once and stays only in the charts' history, whose lines end at the action's annotation;
-- a replica out of the load balancer's rotation (drained): UP as a process, but `out` (or `draining`).
+- a replica out of the load balancer's rotation (drained): UP as a process, but `out` (or `draining`);
+- a replica nginx still lists while it does not answer (killed, crashed, hung): nginx's file says `up` until an
+  action removes it, so its rotation reads `in nginx, not answering`, never `in rotation`.
 See docs/architecture.md, "Replica states on the dashboard".
 """
 
@@ -23,7 +25,13 @@ if TYPE_CHECKING:
 # the range never comes back into the live views
 LIFECYCLE_LOOKBACK_S = 8 * 24 * 3600
 LIFECYCLE_KINDS = ("replica.start", "replica.stop")
-ROTATION_WORDS = {"up": "in rotation", "draining": "draining", "down": "out"}
+IN_ROTATION = "in rotation"
+# nginx's file still lists the replica as `up`, but it does not answer: nginx tries it, fails (connect refused or
+# timeout), counts a passive failure and retries the request on another server; after `max_fails` it skips it for
+# `fail_timeout`, then tries it again — so it is listed, not serving (docs/design-notes.md#nginx)
+NOT_ANSWERING = "in nginx, not answering"
+OUT = "out"
+ROTATION_WORDS = {"up": IN_ROTATION, "draining": "draining", "down": OUT}
 LIVE_STATES = frozenset({"starting", "running", "draining"})
 DEAD = "dead"
 
@@ -44,7 +52,8 @@ class FleetState:
     registry: dict[str, str] = field(default_factory=dict)  # "<service>/<instance_id>" → registry state
     addresses: dict[str, str] = field(default_factory=dict)  # "<service>/<instance_id>" → "host:port"
     removed: set[str] = field(default_factory=set)  # removed by an action: not shown in the live views
-    rotation: dict[str, str] = field(default_factory=dict)  # target → "in rotation" | "draining" | "out"
+    # target → "in rotation" | "in nginx, not answering" | "draining" | "out"
+    rotation: dict[str, str] = field(default_factory=dict)
 
     def live(self, target: str) -> bool:
         return target not in self.removed
@@ -74,29 +83,46 @@ def removed_targets(store: StoreView, registry: dict[str, str], now: float) -> s
     return {target for target, (_ts, kind) in last.items() if kind == "replica.stop" and target not in registry}
 
 
-def rotation_by_target(nginx_latest: dict[str, dict[str, Latest]], addresses: dict[str, str]) -> dict[str, str]:
-    """Instance target → rotation word, from the nginx collector's `server_state` of each upstream address."""
+def is_dead(registry_state: str | None, up: float | None) -> bool:
+    """Dead: the backend saw the process gone (registry `dead`), or a live replica whose last poll got no answer
+    (`up` 0). None: never polled yet, which is not dead."""
+    return registry_state == DEAD or (registry_state in LIVE_STATES and up is not None and up < 1)
+
+
+def rotation_by_target(nginx_latest: dict[str, dict[str, Latest]], addresses: dict[str, str],
+                       dead: Iterable[str] = ()) -> dict[str, str]:
+    """Instance target → rotation word, from the nginx collector's `server_state` of each upstream address and
+    whether the replica answers: nginx's file alone keeps a dead replica `up` until an action removes it."""
     by_address: dict[str, str] = {}
     for target, metrics in nginx_latest.items():
         if "/" not in target or "server_state" not in metrics:
             continue
         row = metrics["server_state"]
         word = (row.text or "").strip().lower() or {0: "up", 1: "draining", 2: "down"}.get(int(row.value), "down")
-        by_address[target.split("/", 1)[1]] = ROTATION_WORDS.get(word, "out")
-    return {target: by_address[address] for target, address in addresses.items() if address in by_address}
+        by_address[target.split("/", 1)[1]] = ROTATION_WORDS.get(word, OUT)
+    rotation = {target: by_address[address] for target, address in addresses.items() if address in by_address}
+    for target in set(dead) & rotation.keys():
+        # listed as up: nginx still tries it; draining or down: nothing goes there, and nothing is left to drain
+        rotation[target] = NOT_ANSWERING if rotation[target] == IN_ROTATION else OUT
+    return rotation
 
 
-def fleet_state(store: StoreView, now: float, nginx_latest: dict[str, dict[str, Latest]] | None = None) -> FleetState:
+def fleet_state(store: StoreView, now: float, nginx_latest: dict[str, dict[str, Latest]] | None = None,
+                up_of: dict[str, float | None] | None = None) -> FleetState:
+    """`up_of`: instance target → its last `up` value (read from the store when not given)."""
+    from dashboard.queries import latest_by_target, value_of  # queries imports this module for its types
+
     registry, addresses = _registry(store)
     try:
         removed = removed_targets(store, registry, now)
     except Exception:  # the events table is a nicety here: without it nothing is hidden
         removed = set()
     if nginx_latest is None:
-        from dashboard.queries import latest_by_target  # queries imports this module for its types
-
         nginx_latest = latest_by_target(store, "nginx")
-    return FleetState(registry, addresses, removed, rotation_by_target(nginx_latest, addresses))
+    if up_of is None:
+        up_of = {t: value_of(m, "up") for t, m in latest_by_target(store, "instance", "up").items()}
+    dead = [t for t, state in registry.items() if is_dead(state, up_of.get(t))]
+    return FleetState(registry, addresses, removed, rotation_by_target(nginx_latest, addresses, dead))
 
 
 def desired_count(store: StoreView, config: FleetConfig, service: str) -> int:
@@ -126,6 +152,6 @@ def service_counts(store: StoreView, config: FleetConfig, state: FleetState,
         if not mine:
             continue
         running = sum(1 for t, s in mine.items() if s in LIVE_STATES and (up_of.get(t) or 0) >= 1)
-        dead = sum(1 for t, s in mine.items() if s == DEAD or (s in LIVE_STATES and up_of.get(t) == 0))
+        dead = sum(1 for t, s in mine.items() if is_dead(s, up_of.get(t)))
         counts.append(ServiceCount(service.name, desired_count(store, config, service.name), running, dead))
     return counts

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from collectors import catalogue
-from dashboard.fleet_state import FleetState, ServiceCount
+from dashboard.fleet_state import NOT_ANSWERING, FleetState, ServiceCount
 from dashboard.ranges import Window
 from dashboard.series import Trace, count_traces, sum_traces, trace_from_columns
 
@@ -458,18 +458,23 @@ SERVER_COLUMNS = ["load_balancer", "server", "state", "requests_per_s", "status_
                   "p50_ms", "p95_ms", "failed_attempts", "last_seen_s"]
 
 
-def lb_servers_table(store: StoreView, now: float, window: Window) -> pd.DataFrame:
+def lb_servers_table(store: StoreView, now: float, window: Window, state: FleetState | None = None) -> pd.DataFrame:
+    """One row per upstream server; `state` (the replicas' liveness) turns nginx's `up` for a replica that does not
+    answer into "up, not answering": nginx's file lists it until an action removes it."""
+    silent = {(state.addresses.get(t) or "") for t, word in state.rotation.items() if word == NOT_ANSWERING} \
+        if state else set()
     rows: list[dict[str, Any]] = []
     for target, metrics in latest_by_target(store, "nginx").items():
         if not is_server_target(target) or (newest_ts(metrics) or 0) < window.start:
             continue
         lb, server = target.split("/", 1)
         state_value = value_of(metrics, "server_state")
+        word = (text_of(metrics, "server_state")
+                or (SERVER_STATE_WORDS.get(int(state_value), "?") if state_value is not None else None))
         rows.append({
             "load_balancer": lb,
             "server": server,
-            "state": (text_of(metrics, "server_state")
-                      or (SERVER_STATE_WORDS.get(int(state_value), "?") if state_value is not None else None)),
+            "state": f"{word}, not answering" if word == "up" and server in silent else word,
             "requests_per_s": value_of(metrics, "requests_per_s"),
             "status_4xx_per_s": value_of(metrics, "status_4xx_per_s"),
             "status_5xx_per_s": value_of(metrics, "status_5xx_per_s"),

@@ -1,11 +1,13 @@
-"""The dashboard tells the truth about replica states (issue 13): dead, removed by an action, out of rotation;
-alert counts. AppTest against a real SQLite store seeded with history plus the replica registry and the events
-the actions write."""
+"""The dashboard tells the truth about replica states (issue 13): dead, removed by an action, out of rotation,
+listed by nginx but not answering; alert counts. AppTest against a real SQLite store seeded with history plus the
+replica registry and the events the actions write, and against a real fleet with a replica killed."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +15,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.config import load_config
+from core.process import pid_alive
 from core.samples import Sample
 from core.store import ReplicaRecord, Store
 from dashboard import queries, ranges, sample_data
+from dashboard.fleet_state import fleet_state
 from dashboard.sample_data import FleetShape
 from tests.test_dashboard_pages import APP, TIMEOUT_S, metrics, texts, write_config
+from tests.test_faults_fleet import fleetdeck, nginx_of, stop_fleet, wait_for, write_fleet
 
 REMOVED_ERROR = "GET /health: connection refused (removed)"
 
@@ -99,6 +105,63 @@ def test_instances_page_dead_is_down_removed_is_gone_drained_is_out(
     assert "**web/web-2** :green-badge[UP] :violet-badge[out of rotation]" in texts(app.markdown)
 
 
+def test_a_killed_replica_nginx_still_lists_does_not_read_in_rotation(
+    open_page: Callable[[Path, str], AppTest], tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    """kill -9 of a real replica: nginx's file keeps it `up` until an action removes it, and "in rotation" next to
+    it read as if it served. The Instances and Load-balancer pages say that nginx lists it and it does not answer."""
+    config_file = write_fleet(tmp_path, pg_dsn, redis_url, redis_prefix, standalone_collector=True)
+    try:
+        started = fleetdeck(config_file, "up", "--no-dashboard")
+        assert started.returncode == 0, started.stdout + started.stderr
+        store = Store(load_config(config_file).store_url)
+        both_serving = {"web/web-1": "in rotation", "web/web-2": "in rotation"}
+        wait_for(lambda: fleet_state(store, time.time()).rotation == both_serving, "both replicas in rotation")
+        victim = next(r for r in store.replicas("web") if r.instance_id == "web-1")
+        assert victim.pid and pid_alive(victim.pid)
+
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_for(lambda: [row.value for row in store.latest(source="instance", metric="up", target="web/web-1")] == [0],
+                 "the collector to find web-1 not answering")
+        listed = {server.instance_id: server.state for server in nginx_of(config_file).current()}
+        assert listed == {"web-1": "up", "web-2": "up"}  # nothing took it out: nginx still tries it
+
+        app = open_page(config_file, "instances")
+        table = app.dataframe[0].value.set_index("instance")
+        assert table.loc["web/web-1", "status"] == "DOWN"
+        assert table.loc["web/web-1", "rotation"] == "in nginx, not answering"
+        assert table.loc["web/web-2", "rotation"] == "in rotation"
+        assert "`web/web-1` :red-badge[DOWN] :red-badge[in nginx, not answering]" in texts(app.markdown)
+        app.selectbox(key="fd_instance").set_value("web/web-1").run()
+        assert "**web/web-1** :red-badge[DOWN] :red-badge[in nginx, not answering]" in texts(app.markdown)
+
+        app = open_page(config_file, "load_balancer")
+        servers = app.dataframe[0].value.set_index("server")
+        assert servers.loc[f"{victim.host}:{victim.port}", "state"] == "up, not answering"
+        assert (servers["state"] == "up").sum() == 1  # web-2
+    finally:
+        stop_fleet(config_file)
+
+
+def test_rotation_words_combine_nginx_with_whether_the_replica_answers() -> None:
+    from core.store import Latest, SeriesInfo
+    from dashboard.fleet_state import is_dead, rotation_by_target
+
+    def server(address: str, word: str) -> dict[str, Latest]:
+        info = SeriesInfo(1, "nginx", f"nginx:web/{address}", "server_state", (), "")
+        return {"server_state": Latest(info, time.time(), {"up": 0, "draining": 1, "down": 2}[word], word)}
+
+    nginx = {f"nginx:web/127.0.0.1:910{n}": server(f"127.0.0.1:910{n}", word)
+             for n, word in ((1, "up"), (2, "up"), (3, "draining"), (4, "down"))}
+    addresses = {f"web/web-{n}": f"127.0.0.1:910{n}" for n in range(1, 6)}
+    assert rotation_by_target(nginx, addresses) == {"web/web-1": "in rotation", "web/web-2": "in rotation",
+                                                    "web/web-3": "draining", "web/web-4": "out"}
+    assert rotation_by_target(nginx, addresses, dead=["web/web-2", "web/web-3", "web/web-4", "web/web-5"]) == {
+        "web/web-1": "in rotation", "web/web-2": "in nginx, not answering", "web/web-3": "out", "web/web-4": "out"}
+    assert is_dead("dead", 1) and is_dead("running", 0) and is_dead("draining", 0)
+    assert not is_dead("running", None) and not is_dead("running", 1) and not is_dead("stopped", 0)
+
+
 def test_removed_replica_stays_in_history(states_config: Path) -> None:
     store = Store(f"sqlite:///{states_config.parent / 'fleetdeck.db'}")
     try:
@@ -107,8 +170,6 @@ def test_removed_replica_stays_in_history(states_config: Path) -> None:
         assert charts["Instances up"].traces  # web-4's samples are still summed into the history
         up_series = {i.target for i in store.find_series(source="instance", metric="up")}
         assert "web/web-4" in up_series
-        from dashboard.fleet_state import fleet_state  # here: the old code had no such module
-
         assert fleet_state(store, now).removed == {"web/web-4"}
     finally:
         store.close()

@@ -130,6 +130,11 @@ def test_live_fleet_in_the_browser_and_a_killed_replica_turns_down(live_fleet: P
                 timeout=20_000
             )
             seen_after_s = time.monotonic() - killed_at
+            # nginx still lists it (no action removed it): listed, not serving — never "in rotation"
+            page.locator('[data-testid="stMarkdownContainer"]',
+                         has_text="web/web-1 DOWN in nginx, not answering").first.wait_for(timeout=20_000)
+            badges = page.locator('[data-testid="stMarkdownContainer"]', has_text="web/web-1 DOWN in rotation")
+            assert badges.count() == 0
             page.screenshot(path=str(SCREENSHOTS / "live-instances-replica-down.png"))
             print(f"killed replica shown DOWN after {seen_after_s:.1f}s")
             assert seen_after_s < 20

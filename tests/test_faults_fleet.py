@@ -100,19 +100,25 @@ def get(url: str, timeout: float = 5, data: bytes | None = None) -> int:
         return int(error.code)
 
 
+def stop_fleet(config: Path) -> None:
+    """The fleet of `config` gone, whatever happened: stopped the supported way, then what is left of nginx and
+    the replicas killed one by one, by pid."""
+    fleetdeck(config, "down", "--force", "--wait", "0")
+    nginx = nginx_of(config)
+    for process in own_nginx_processes(nginx.prefix, nginx.conf_path):
+        os.kill(process.pid, signal.SIGKILL)
+    for replica in Store(load_config(config).store_url).replicas():
+        if process_matches(replica.pid, str(replica.port), replica.instance_id):
+            os.kill(replica.pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def teardown() -> Iterator[list[Path]]:
-    """Configs whose fleets must be gone after the test, whatever happened (stopped the supported way)."""
+    """Configs whose fleets must be gone after the test, whatever happened."""
     configs: list[Path] = []
     yield configs
     for config in configs:
-        fleetdeck(config, "down", "--force", "--wait", "0")
-        nginx = nginx_of(config)
-        for process in own_nginx_processes(nginx.prefix, nginx.conf_path):  # identified one by one, by pid
-            os.kill(process.pid, signal.SIGKILL)
-        for replica in Store(load_config(config).store_url).replicas():
-            if process_matches(replica.pid, str(replica.port), replica.instance_id):
-                os.kill(replica.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        stop_fleet(config)
 
 
 def test_killed_nginx_master_and_collector_are_reported_and_replaced(

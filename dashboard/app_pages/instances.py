@@ -19,7 +19,8 @@ store = ui.store()
 STATUS_BADGE = {"UP": "green", "WARN": "orange", "DRAINING": "orange", "FAIL": "red", "DOWN": "red",
                 "STALE": "red", "UNKNOWN": "gray"}
 LOG_KEY = "fd_log_open"  # the log expander's open state
-ROTATION_BADGE = {"in rotation": "blue", "draining": "orange", "out": "violet"}
+ROTATION_BADGE = {fleet_state.IN_ROTATION: "blue", fleet_state.NOT_ANSWERING: "red", "draining": "orange",
+                  fleet_state.OUT: "violet"}
 
 
 def rotation_badge(rotation: object) -> str:

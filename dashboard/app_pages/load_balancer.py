@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from dashboard import fault_panels, queries, ranges, ui
+from dashboard import fault_panels, fleet_state, queries, ranges, ui
 from dashboard.instance_actions import render_instance_actions
 from dashboard.safe_text import md
 
@@ -23,7 +23,7 @@ def servers_panel() -> None:
     ui.unreachable(queries.unreachable(store, "nginx"), data.now)
     fault_panels.render_lb_process(store, config)
     totals = queries.lb_totals(store)
-    servers = queries.lb_servers_table(store, data.now, data.window)
+    servers = queries.lb_servers_table(store, data.now, data.window, fleet_state.fleet_state(store, data.now))
     if not totals and servers.empty:
         ui.no_data("nginx")
         return

@@ -18,12 +18,12 @@ st.title("Overview")
 def overview_panel() -> None:
     data = ui.panel_data(store)
     ui.freshness_by_source(store, config, SOURCES, data.now)
-    state = fleet_state.fleet_state(store, data.now)
+    up_of = {t: queries.value_of(m, "up") for t, m in queries.latest_by_target(store, "instance", "up").items()}
+    state = fleet_state.fleet_state(store, data.now, up_of=up_of)
     for source in SOURCES:
         ui.unreachable(queries.unreachable(store, source, state=state), data.now)
     if not store.find_series(source="instance") and not store.find_series(source="nginx"):
         ui.no_data("fleet")
-    up_of = {t: queries.value_of(m, "up") for t, m in queries.latest_by_target(store, "instance", "up").items()}
     counts = fleet_state.service_counts(store, config, state, up_of)
     ui.tiles(queries.overview_tiles(store, ui.stale_after(config, "instance"), state, counts))
     ui.charts_grid(queries.overview_charts(store, data.window), data, key_prefix="overview")
