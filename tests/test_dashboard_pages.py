@@ -153,6 +153,19 @@ def test_instance_and_service_actions_are_drawn_when_opened(open_page: Callable[
     assert app.button(key="fd-act-web-web-3-drain") is not None
 
 
+def test_a_held_lock_is_said_with_the_actions_closed(open_page: Callable[[Path, str], AppTest],
+                                                     normal_config: Path) -> None:
+    store = Store(f"sqlite:///{normal_config.parent / 'fleetdeck.db'}")
+    acquired, _holder = store.acquire_lock("web", "drain", "olga", "op-drain-web-2", 120)
+    assert acquired
+    try:
+        app = open_page(normal_config, "instances")
+        assert "busy: drain by olga since" in texts(app.info), texts(app.info)
+    finally:
+        store.release_lock("web", "op-drain-web-2")
+        store.close()
+
+
 def test_load_balancer_page(open_page: Callable[[Path, str], AppTest], normal_config: Path) -> None:
     app = open_page(normal_config, "load_balancer")
     assert metrics(app)["Requests/s"] == "42.5"
