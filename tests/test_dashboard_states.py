@@ -134,6 +134,7 @@ def test_a_killed_replica_nginx_still_lists_does_not_read_in_rotation(
         assert "`web/web-1` :red-badge[DOWN] :red-badge[in nginx, not answering]" in texts(app.markdown)
         app.selectbox(key="fd_instance").set_value("web/web-1").run()
         assert "**web/web-1** :red-badge[DOWN] :red-badge[in nginx, not answering]" in texts(app.markdown)
+        assert "**Last health response**, from before it stopped answering" in texts(app.markdown)
 
         app = open_page(config_file, "load_balancer")
         servers = app.dataframe[0].value.set_index("server")

@@ -67,6 +67,9 @@ def instances_panel() -> None:
         "in_flight": "in flight", "pool_total": "pool total", "pool_idle": "pool idle", "pool_waiting": "pool waiting",
         "uptime_min": "uptime", "last_scraped_s": "last scraped", "pm2_status": "PM2",
         "unstable_restarts": "unstable restarts",
+        # wide enough for "in nginx, not answering" and "process gone": a cut word would hide the state
+        "rotation": st.column_config.TextColumn("rotation", width="medium"),
+        "health": st.column_config.TextColumn("health", width="medium"),
     })
 
 
@@ -116,7 +119,9 @@ def detail_panel(target: str) -> None:
     with right:  # the charts before the health body and events, for the same reason as the slots at the top
         ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
     with left:
-        st.markdown("**Health response**")
+        # a replica that stopped answering still has its last body stored: "status: pass" must not read as now
+        st.markdown("**Last health response**, from before it stopped answering" if detail.error
+                    else "**Health response**")
         if detail.health_json is None:
             st.caption("No health body stored yet.")
         elif isinstance(detail.health_json, dict | list):
