@@ -83,10 +83,16 @@ def wait_for_samples(config_file: Path, expected_targets: int, timeout_s: float 
     raise AssertionError(f"the standalone collector stored no up=1 sample for {expected_targets} instances")
 
 
+# every table drawn (its grid canvas) and no placeholder left: the Instances page draws its table after its charts
+TABLES_DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(table => table.querySelector('canvas'))"""
+
+
 def settle(page: Page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector('[data-testid="stSidebar"]', timeout=30_000)
     page.wait_for_timeout(2500)  # fragments and charts draw after the first script run
+    page.wait_for_function(TABLES_DRAWN, timeout=30_000)
 
 
 def choose_refresh(page: Page, label: str) -> None:
