@@ -143,8 +143,7 @@ targets = sorted(_state_now.keep(row.series.target for row in store.latest(sourc
 selected = (ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]) if targets else None
 if not targets:
     st.caption("Instances appear here once the collectors have scraped them.")
-# ACTION HOOK: the actions issue fills this container (dashboard/instance_actions.py)
-actions_slot = st.container()
+actions_slot = st.container()  # drain / undrain / restart, in an expander drawn while open (instance_actions.py)
 detail_slot = st.container()
 
 # the filling order (see the slots at the top): charts, then the table, then the widgets
