@@ -8,7 +8,9 @@ dashboard/server.py`, what `fleetdeck up` runs) and, in the same run, a bare Str
 of Plotly charts of 300 points (the floor: Streamlit's bundle, its websocket round trips and the Plotly
 component, none of our code). Then, per page, with headless Chromium (median of --runs):
 
-- cold open → first chart, → all charts: a fresh browser context (empty cache) loads the page URL;
+- cold open → first chart, → all charts: a fresh browser context (empty cache) loads the page URL; for a page
+  with tables (st.dataframe), a second floor draws the same number of tables above its charts ("floor+tables"):
+  the data grid's own code costs a cold open about as much as Plotly's first chart, and that part is Streamlit's;
 - in-app navigation → first chart: a click on the page's sidebar link from another page;
 - range change → redrawn: picking another time range until the first chart's x axis moved.
 
@@ -48,19 +50,25 @@ PAGES = {"overview": ("", "Overview"), "instances": ("instances", "Instances"),
 TIMEOUT_MS = 120_000
 SETTLE_MS = 1500  # no new chart for this long after the last one: the page has drawn all it will
 
-# A bare Streamlit app with N Plotly charts of 300 points each on two pages, and a range picker that moves the
-# x axis: exactly the work the floor is made of (Streamlit + Plotly), none of fleetdeck's.
+# A bare Streamlit app with N Plotly charts of 300 points each on two pages (and, with ?t=T, T tables of 20 rows
+# above them), and a range picker that moves the x axis: exactly the work the floor is made of (Streamlit, Plotly,
+# the data grid), none of fleetdeck's.
 FLOOR_APP = '''
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 def charts(page_name):
     n = int(st.session_state.get("n") or st.query_params.get("n", "8"))
     st.session_state["n"] = n
+    tables = int(st.query_params.get("t", "0"))
     span = {"1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}[st.sidebar.selectbox("Time range", ["1 h", "6 h", "24 h"],
                                                                                 key="range")]
     st.title(page_name)
+    for t in range(tables):
+        values = np.round(np.random.default_rng(t).random((20, 12)) * 100, 1)
+        st.dataframe(pd.DataFrame(values, columns=[f"column {c}" for c in range(12)]), key=f"t{t}")
     x = np.linspace(-span, 0, 300)
     columns = st.columns(2)
     for i in range(n):
@@ -77,6 +85,7 @@ page.run()
 # charts drawn: a Plotly div holds several .main-svg layers, so count the divs that have one
 CHART_COUNT = "[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.querySelector('.main-svg')).length"
 CHART_COUNT_JS = f"() => {CHART_COUNT}"
+TABLE_COUNT_JS = "() => document.querySelectorAll('[data-testid=\"stDataFrame\"]').length"
 # every chart's x range, as one string: a range change has redrawn the page when any time chart's axis moved (the
 # first chart of a page may be a bar that has no time axis)
 RANGES_JS = """() => JSON.stringify([...document.querySelectorAll('.js-plotly-plot')].map(
@@ -170,12 +179,20 @@ def wait_charts(page: Page, started: float, expected: int | None = None) -> tupl
 
 
 def cold_open(browser: Browser, url: str, expected: int | None = None) -> tuple[float, float, int]:
+    first, last, charts, _tables = cold_open_counting_tables(browser, url, expected)
+    return first, last, charts
+
+
+def cold_open_counting_tables(browser: Browser, url: str, expected: int | None = None
+                              ) -> tuple[float, float, int, int]:
+    """cold_open, and how many tables (st.dataframe) the page showed once its charts had settled."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
         started = time.perf_counter()
         page.goto(url, wait_until="commit")
-        return wait_charts(page, started, expected)
+        first, last, charts = wait_charts(page, started, expected)
+        return first, last, charts, int(page.evaluate(TABLE_COUNT_JS))
     finally:
         context.close()
 
@@ -248,10 +265,11 @@ def main() -> None:
                 for name in pages:
                     path, link = PAGES[name]
                     url = f"{app_url}/{path}"
-                    opens = [cold_open(browser, url) for _ in range(args.runs)]
+                    opens = [cold_open_counting_tables(browser, url) for _ in range(args.runs)]
                     first = statistics.median(o[0] for o in opens)
                     last = statistics.median(o[1] for o in opens)
                     charts = max(o[2] for o in opens)
+                    tables = max(o[3] for o in opens)
                     other = f"{app_url}/instances" if name == "overview" else f"{app_url}/"
                     nav = median(args.runs, lambda other=other, link=link: navigate(browser, other, link))
                     moved = median(args.runs, lambda url=url: range_change(browser, url, "6 h"))
@@ -268,6 +286,14 @@ def main() -> None:
                           f"{floor_last - floor_first:>10.2f} {floor_nav:>10.2f} {floor_moved:>13.2f}")
                     print(f"{'  ratio':<14} {'':>6} {first / floor_first:>10.2f}× {last / floor_last:>8.2f}× "
                           f"{'':>10} {nav / floor_nav:>9.2f}× {moved / floor_moved:>12.2f}×")
+                    if tables:
+                        with_tables = [cold_open(browser, f"{floor_url}/?n={charts}&t={tables}", charts)
+                                       for _ in range(args.runs)]
+                        tables_first = statistics.median(o[0] for o in with_tables)
+                        tables_last = statistics.median(o[1] for o in with_tables)
+                        print(f"{'  floor+tables':<14} {charts:>6} {tables_first:>11.2f} {tables_last:>9.2f} "
+                              f"{tables_last - tables_first:>10.2f}   ({tables} table(s) above the charts)")
+                        print(f"{'  ratio':<14} {'':>6} {first / tables_first:>10.2f}× {last / tables_last:>8.2f}×")
             finally:
                 browser.close()
     print("\ngoals: cold open ≤ 1.2× floor; nav and range change ≤ 1 s to the first redrawn chart; all charts ≤ 1 s"
