@@ -32,11 +32,10 @@ def rotation_badge(rotation: object) -> str:
 
 
 st.title("Instances")
-# Slots in reading order, filled charts first (bottom of the script): Streamlit sends elements in the order the
-# script makes them, and the browser fetches each element's code and draws it as it arrives, on one thread. With
-# the table and the action widgets made first, their code (the data grid's alone is ~1.5 MB) was loaded and run
-# before Plotly's and held the first chart back on a cold open (bench/bench_browser.py). The page reads the same
-# once drawn; only the order in which its parts appear changes.
+# Slots in reading order, filled charts first (bottom of the script), so that the browser asks for Plotly's code
+# before the data grid's on a cold open. A run's elements reach the browser nearly together, so this order is worth
+# little on its own; what shortened the cold open is that the action widgets and the log are drawn only while their
+# expander is open (docs/design-notes.md#streamlit). The page reads the same once drawn.
 table_slot = st.container()
 service_slot = st.container()
 
