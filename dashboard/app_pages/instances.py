@@ -32,12 +32,6 @@ def rotation_badge(rotation: object) -> str:
 
 
 st.title("Instances")
-# Slots in reading order, filled charts first (bottom of the script), so that the browser asks for Plotly's code
-# before the data grid's on a cold open. A run's elements reach the browser nearly together, so this order is worth
-# little on its own; what shortened the cold open is that the action widgets and the log are drawn only while their
-# expander is open (docs/design-notes.md#streamlit). The page reads the same once drawn.
-table_slot = st.container()
-service_slot = st.container()
 
 
 @ui.live
@@ -72,10 +66,10 @@ def instances_panel() -> None:
     })
 
 
-def service_panel() -> None:
-    for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
-        st.caption(md(line))  # service names and stored decision texts: shown as text
-    render_service_actions(config)
+instances_panel()
+for line in advice_lines(config, store):  # the autoscaler's recommendation and why (docs/autoscaling.md)
+    st.caption(md(line))  # service names and stored decision texts: shown as text
+render_service_actions(config)
 
 
 def render_log(target: str) -> None:
@@ -99,60 +93,51 @@ def render_log(target: str) -> None:
         st.code("\n".join(view.lines) or "(nothing)", language=None, height=400 if len(view.lines) > 15 else "content")
 
 
-@ui.live
-def detail_panel(target: str) -> None:
-    data = ui.panel_data(store)
-    state = fleet_state.fleet_state(store, data.now)
-    detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
-    colour = STATUS_BADGE.get(detail.status, "gray")
-    st.markdown(f"**{md(target)}** :{colour}-badge[{md(detail.status)}]{rotation_badge(detail.rotation)}")
-    st.caption(ranges.freshness(detail.last_ts, data.now))
-    busy = describe_lock(store, target.partition("/")[0])
-    if busy:  # the action widgets may be closed: a running action is said here, refreshed with the panel
-        st.info(md(busy), icon=":material/hourglass_top:")
-    if detail.error:
-        last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
-                   f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
-        st.error(f"Last error: {md(redact(detail.error))} — {last_ok}", icon=":material/error:")
-    left, right = st.columns([1, 2])
-    with right:  # the charts before the health body and events, for the same reason as the slots at the top
-        ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
-    with left:
-        # a replica that stopped answering still has its last body stored: "status: pass" must not read as now
-        st.markdown("**Last health response**, from before it stopped answering" if detail.error
-                    else "**Health response**")
-        if detail.health_json is None:
-            st.caption("No health body stored yet.")
-        elif isinstance(detail.health_json, dict | list):
-            st.json(detail.health_json, expanded=1)
-        else:
-            st.code(str(detail.health_json))
-        st.markdown("**Recent events**")
-        if detail.events:
-            for event in reversed(detail.events[-10:]):
-                st.caption(f"{ranges.format_clock(event.ts)} · {md(event.kind)} · {md(event.message)}")
-        else:
-            st.caption("No events for this instance in the range.")
-
-
 st.subheader("Instance detail")
 _state_now = fleet_state.fleet_state(store, time.time())
 # a replica an action removed is history now: the picker offers the live ones
 targets = sorted(_state_now.keep(row.series.target for row in store.latest(source="instance", metric="up")))
-selected = (ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]) if targets else None
 if not targets:
     st.caption("Instances appear here once the collectors have scraped them.")
-actions_slot = st.container()  # drain / undrain / restart, in an expander drawn while open (instance_actions.py)
-detail_slot = st.container()
+else:
+    selected = ui.query_picker("Instance", targets, "fd_instance", "instance") or targets[0]
+    # drain / undrain / restart in an expander drawn only while open (dashboard/instance_actions.py)
+    render_instance_actions_on_demand(st.container(), config, store, selected)
 
-# the filling order (see the slots at the top): charts, then the table, then the widgets
-if selected:
-    with detail_slot:
-        detail_panel(selected)
-with table_slot:
-    instances_panel()
-with service_slot:
-    service_panel()
-if selected:
-    render_instance_actions_on_demand(actions_slot, config, store, selected)
+    @ui.live
+    def detail_panel(target: str) -> None:
+        data = ui.panel_data(store)
+        state = fleet_state.fleet_state(store, data.now)
+        detail = queries.instance_detail(store, target, data.window, ui.stale_after(config, "instance"), state)
+        colour = STATUS_BADGE.get(detail.status, "gray")
+        st.markdown(f"**{md(target)}** :{colour}-badge[{md(detail.status)}]{rotation_badge(detail.rotation)}")
+        st.caption(ranges.freshness(detail.last_ts, data.now))
+        busy = describe_lock(store, target.partition("/")[0])
+        if busy:  # the action widgets may be closed: a running action is said here, refreshed with the panel
+            st.info(md(busy), icon=":material/hourglass_top:")
+        if detail.error:
+            last_ok = (f"last success {ranges.format_clock(detail.last_ok_ts)} "
+                       f"({ranges.format_age(data.now - detail.last_ok_ts)})" if detail.last_ok_ts else "never reached")
+            st.error(f"Last error: {md(redact(detail.error))} — {last_ok}", icon=":material/error:")
+        left, right = st.columns([1, 2])
+        with left:
+            # a replica that stopped answering still has its last body stored: "status: pass" must not read as now
+            st.markdown("**Last health response**, from before it stopped answering" if detail.error
+                        else "**Health response**")
+            if detail.health_json is None:
+                st.caption("No health body stored yet.")
+            elif isinstance(detail.health_json, dict | list):
+                st.json(detail.health_json, expanded=1)
+            else:
+                st.code(str(detail.health_json))
+            st.markdown("**Recent events**")
+            if detail.events:
+                for event in reversed(detail.events[-10:]):
+                    st.caption(f"{ranges.format_clock(event.ts)} · {md(event.kind)} · {md(event.message)}")
+            else:
+                st.caption("No events for this instance in the range.")
+        with right:
+            ui.charts_grid(detail.charts, data, key_prefix=f"detail-{target}", per_row=2)
+
+    detail_panel(selected)
     render_log(selected)
