@@ -83,7 +83,7 @@ def wait_for_samples(config_file: Path, expected_targets: int, timeout_s: float 
     raise AssertionError(f"the standalone collector stored no up=1 sample for {expected_targets} instances")
 
 
-# every table drawn (its grid canvas) and no placeholder left: the Instances page draws its table after its charts
+# every table drawn (its grid canvas) and no placeholder left: a table can draw after the charts (its own code loads)
 TABLES_DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
   && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(table => table.querySelector('canvas'))"""
 
