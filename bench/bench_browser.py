@@ -10,7 +10,7 @@ component, none of our code). Then, per page, with headless Chromium (median of 
 
 - cold open → first chart, → all charts: a fresh browser context (empty cache) loads the page URL; for a page
   with tables (st.dataframe), a second floor draws the same number of tables above its charts ("floor+tables"):
-  the data grid's own code costs a cold open about as much as Plotly's first chart, and that part is Streamlit's;
+  the data grid's own code adds ~0.2-0.5 s to a cold open, and that part is Streamlit's;
 - in-app navigation → first chart: a click on the page's sidebar link from another page;
 - range change → redrawn: picking another time range until the first chart's x axis moved.
 
