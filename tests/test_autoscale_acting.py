@@ -27,7 +27,7 @@ from core.store import Store
 from tests.fakes import FakeHealth, FakeOrchestrator
 from tests.support import free_port_block
 from tests.support_collector import wait_for
-from tests.test_local_backend import cleanup, write_standin
+from tests.support_standin import cleanup, write_standin
 
 
 def test_a_replica_whose_process_died_is_not_counted_as_live(tmp_path: Path) -> None:

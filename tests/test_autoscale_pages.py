@@ -17,8 +17,8 @@ from core.config import FleetConfig, load_config
 from core.samples import Sample
 from core.store import Store
 from tests.support import free_port_block
+from tests.support_standin import cleanup, write_standin
 from tests.test_dashboard_pages import APP, TIMEOUT_S, texts
-from tests.test_local_backend import cleanup, write_standin
 
 
 def test_advise_mode_recommendation_is_on_the_instances_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

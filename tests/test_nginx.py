@@ -20,7 +20,7 @@ from core.config import FleetConfig, parse_config
 from core.process import http_get, pid_alive
 from core.store import Store
 from tests.support import PYTHON, free_port, wait_http
-from tests.test_local_backend import write_standin
+from tests.support_standin import write_standin
 
 NGINX = "/usr/sbin/nginx"  # Debian's nginx, as the config default
 
